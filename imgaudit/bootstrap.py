@@ -1,0 +1,43 @@
+"""The composition root: the only module that picks concrete backends from the settings."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+from functools import partial
+
+from imgaudit.config import Settings
+from imgaudit.index.catalog import new_indexes
+from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
+from imgaudit.pipeline import Pipeline
+from imgaudit.services.dedup import DedupService, open_indexes
+from imgaudit.store.repo import SqlStore
+from imgaudit.store.thumbs import ThumbStore
+
+
+def build_encoder(settings: Settings) -> VisualEncoder:
+    return VisualEncoder.from_cache(settings.cache_dir, threads=settings.models.threads,
+                                    input_size=settings.models.input_size,
+                                    batch_size=settings.models.batch_size)
+
+
+@contextmanager
+def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[DedupService]:
+    """Everything dedup needs, wired, reconciled with the store, and closed afterwards."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(settings.store_url)
+    encoder = encoder or build_encoder(settings)
+    descriptor = descriptor_id(encoder)
+    factory = partial(new_indexes, settings.index.backend, DESCRIPTOR_DIM,
+                      exact_below=settings.index.exact_below, nprobe=settings.index.nprobe)
+    indexes = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
+    thumbs = ThumbStore(settings.data_dir / "thumbs")
+    pipeline = Pipeline(settings, store, indexes, encoder, thumbs)
+    service = DedupService(settings, store, indexes, pipeline, thumbs, settings.data_dir / "index",
+                           descriptor, factory)
+    try:
+        service.reconcile()
+        yield service
+    finally:
+        pipeline.close()
+        store.close()

@@ -1,0 +1,288 @@
+"""``imgaudit`` commands. The only place (with the API) that prints, exits, or formats errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from imgaudit.config import Settings, config_file_in_use, load_settings
+from imgaudit.errors import ImgauditError
+
+app = typer.Typer(help="imgaudit: image review for e-commerce content.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
+index_app = typer.Typer(help="Maintain the vector and hash indexes.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(index_app, name="index")
+
+console = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True,
+                                                dir_okay=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout, for scripts.")]
+
+T = TypeVar("T")
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Every ImgauditError becomes one clear line and exit code 1; nothing else is swallowed."""
+    try:
+        yield
+    except ImgauditError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _service(settings: Settings):  # noqa: ANN202
+    from imgaudit.bootstrap import dedup_service
+
+    return dedup_service(settings)
+
+
+def _with_progress(total: int, label: str, fn: Callable[[Callable[[int], None]], T], quiet: bool) -> T:
+    if quiet:
+        return fn(lambda n: None)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=total, rate="")
+
+        def step(n: int) -> None:
+            bar.advance(task, n)
+            t = bar.tasks[0]
+            if t.elapsed:
+                bar.update(task, rate=f"{t.completed / t.elapsed:.1f} img/s")
+
+        return fn(step)
+
+
+@app.command()
+def ingest(
+    target: Annotated[str, typer.Argument(help="A folder (recursive), an image file, or a .txt list of URLs.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    batch_size: Annotated[int, typer.Option(help="Images per pipeline batch.")] = 64,
+) -> None:
+    """Add images to the queue and process it: decode, hash, embed, decide unique/duplicate, index.
+
+    Resumable: images already known (same path or URL) are skipped, and unfinished ones are picked up.
+    """
+    from imgaudit.sources.files import source_for
+
+    with _errors():
+        settings = _settings(config)
+        source = source_for(target, settings.fetch.cdn_base)
+        with _service(settings) as svc:
+            added, known = svc.enqueue(source.refs(), source.name)
+            pending = svc.store.counts()["status"]
+            todo = sum(pending.get(s, 0) for s in ("queued", "processing", "failed_retryable"))
+            if not as_json:
+                console.print(f"queued {added} new, {known} already known; {todo} to process")
+            summary = _with_progress(
+                todo, "ingest",
+                lambda step: svc.process_queue(lambda n, _r: step(n), batch_size=batch_size), as_json)
+            summary.enqueued, summary.skipped_known = added, known
+        if as_json:
+            _emit({"event": "ingest", **summary.as_dict()})
+        else:
+            out.print(f"processed {summary.processed} in {summary.seconds:.1f}s "
+                      f"({summary.images_per_second:.1f} img/s): {summary.duplicates} duplicates, "
+                      f"{summary.failed} failed")
+            if summary.errors:
+                out.print("failures: " + ", ".join(f"{k} {v}" for k, v in summary.errors.most_common()))
+
+
+@app.command()
+def check(
+    images: Annotated[list[str], typer.Argument(help="Image files or URLs to check.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is each image a copy of something indexed? Prints decision, matched original, score and stage."""
+    from imgaudit.types import ImageRef
+
+    with _errors():
+        settings = _settings(config)
+        refs = [ImageRef(i, "url") if i.startswith(("http://", "https://")) else
+                ImageRef(str(Path(i).resolve()), "path") for i in images]
+        with _service(settings) as svc:
+            results = svc.check(refs)
+        failed = False
+        for r in results:
+            row: dict[str, Any] = {"image": r.ref.uri}
+            if r.verdict is None:
+                failed = True
+                row.update(status="failed", error_reason=r.error_reason, error=r.error)
+            else:
+                v = r.verdict
+                row.update(decision=v.decision.value, stage=v.stage.value, score=v.score,
+                           duplicate_of=v.duplicate_of, original=r.original.uri if r.original else None,
+                           detail=v.detail)
+            if as_json:
+                _emit(row)
+            elif r.verdict is None:
+                out.print(f"{r.ref.uri}: [red]failed[/red] ({r.error_reason}: {r.error})")
+            else:
+                v = r.verdict
+                if v.decision == "duplicate":
+                    out.print(f"{r.ref.uri}: [yellow]duplicate[/yellow] of #{v.duplicate_of} "
+                              f"{row['original']} (score {v.score:.3f}, stage {v.stage.value})")
+                else:
+                    near = f", nearest cosine {v.score:.3f}" if v.score is not None else ""
+                    out.print(f"{r.ref.uri}: [green]unique[/green]{near}")
+        if failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    image: Annotated[Path, typer.Option("--image", help="Find indexed images that look like this one.",
+                                        exists=True, dir_okay=False)],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many results.")] = 10,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Image-to-image search over the visual index."""
+    from imgaudit.types import ImageRef
+
+    with _errors():
+        settings = _settings(config)
+        with _service(settings) as svc:
+            hits = svc.similar(ImageRef(str(image.resolve()), "path"), top_k)
+        if as_json:
+            for rank, (rec, score) in enumerate(hits, 1):
+                _emit({"rank": rank, "id": rec.id, "uri": rec.uri, "score": round(score, 6)})
+            return
+        table = Table("rank", "id", "score", "image")
+        for rank, (rec, score) in enumerate(hits, 1):
+            table.add_row(str(rank), str(rec.id), f"{score:.3f}", rec.uri)
+        out.print(table)
+
+
+@app.command()
+def stats(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Counts by status, decision, deciding stage and failure reason."""
+    from imgaudit.store.repo import SqlStore
+
+    with _errors():
+        settings = _settings(config)
+        store = SqlStore(settings.store_url)
+        try:
+            counts = store.counts()
+            indexed = store.count_indexed()
+        finally:
+            store.close()
+        decided = sum(counts["decision"].values())
+        dup = counts["decision"].get("duplicate", 0)
+        data = {**counts, "indexed": indexed, "total": sum(counts["status"].values()),
+                "duplicate_rate": round(dup / decided, 4) if decided else 0.0}
+        if as_json:
+            _emit(data)
+            return
+        table = Table("group", "key", "count")
+        for group in ("status", "decision", "duplicate_stage", "error"):
+            for k, v in sorted(counts[group].items(), key=lambda kv: -kv[1]):
+                table.add_row(group, str(k), str(v))
+        out.print(table)
+        out.print(f"total {data['total']}, indexed {indexed}, duplicate rate {data['duplicate_rate']:.1%}")
+
+
+@app.command()
+def reset(
+    config: ConfigOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete every image record, the indexes and the thumbnails (the images themselves are untouched)."""
+    with _errors():
+        settings = _settings(config)
+        if not yes and not typer.confirm(f"Delete all imgaudit data in {settings.data_dir}?"):
+            raise typer.Exit(1)
+        with _service(settings) as svc:
+            svc.reset()
+        if as_json:
+            _emit({"event": "reset", "data_dir": str(settings.data_dir)})
+        else:
+            out.print(f"reset {settings.data_dir}")
+
+
+@index_app.command("rebuild")
+def index_rebuild(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Rebuild the vector and hash indexes from the store."""
+    with _errors():
+        settings = _settings(config)
+        with _service(settings) as svc:
+            n = svc.rebuild_index()
+        if as_json:
+            _emit({"event": "index_rebuild", "indexed": n})
+        else:
+            out.print(f"rebuilt the indexes with {n} images")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective settings (file + environment + defaults)."""
+    with _errors():
+        settings = _settings(config)
+        data = json.loads(settings.model_dump_json())
+        source = str(config or config_file_in_use() or "(defaults and environment only)")
+        if as_json:
+            _emit({"config_file": source, "settings": data})
+            return
+        out.print(f"# config file: {source}")
+        import tomli_w
+
+        out.print(tomli_w.dumps(data))
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where samples, data and the report go.")] = Path("demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a sample set offline, ingest it, print the duplicate pairs and write an HTML report."""
+    from imgaudit.services.demo import run_demo
+
+    with _errors():
+        result = _with_progress(0, "demo", lambda step: run_demo(out_dir, step), True)
+        if as_json:
+            _emit({"event": "demo", **result})
+            return
+        out.print(f"samples: {result['samples']} images in {result['sample_dir']}")
+        s = result["summary"]
+        out.print(f"ingested {s['processed']} in {s['seconds']}s ({s['images_per_second']} img/s), "
+                  f"{s['duplicates']} duplicates, {s['failed']} failed")
+        table = Table("duplicate", "original", "score", "stage")
+        for p in result["pairs"]:
+            table.add_row(p["duplicate"], p["original"], f"{p['score']:.3f}", p["stage"])
+        out.print(table)
+        e = result["evaluation"]
+        out.print(f"against the known answers: {e['true_positives']} right, {e['false_positives']} wrong, "
+                  f"{e['missed']} missed")
+        out.print(f"report: {result['report']}")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,193 @@
+"""Settings: one TOML file plus ``IMGAUDIT_*`` environment overrides, validated once at start-up.
+
+Precedence, highest first: explicit keyword arguments, environment (``IMGAUDIT_DEDUP__PHASH_MAX_DISTANCE=4``;
+nested groups use ``__``), the TOML file (``--config``, else ``$IMGAUDIT_CONFIG``, else ``./imgaudit.toml``
+when present), then the defaults below. Settings are built once by the entry point and passed down; no
+module reads a global settings object.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from imgaudit.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "imgaudit.toml"
+
+
+class FetchSettings(BaseModel):
+    """Downloading images over HTTP(S)."""
+
+    concurrency: int = Field(10, ge=1, le=256, description="Parallel downloads.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for each chunk of the body.")
+    total_timeout: float = Field(60.0, gt=0, description="Seconds for a whole download, slow servers included.")
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts for retryable failures (5xx, timeouts).")
+    backoff: float = Field(0.5, ge=0, description="Base of the exponential back-off between attempts, seconds.")
+    max_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Refuse bodies larger than this.")
+    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed; each target is checked.")
+    cdn_base: str = Field("", description="Prefix joined to relative image URLs (cdn_base + image_url).")
+    allow_private: bool = Field(
+        False, description="Allow loopback/private/link-local targets (off: SSRF guard refuses them)."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names or CIDRs exempt from the SSRF guard."
+    )
+    user_agent: str = Field("imgaudit/0.1", description="User-Agent header sent with downloads.")
+
+
+class DecodeSettings(BaseModel):
+    """Safe image decoding."""
+
+    max_pixels: int = Field(
+        64_000_000, ge=1, description="Images with more pixels are refused as decompression bombs."
+    )
+    max_side: int = Field(
+        640,
+        ge=64,
+        description="Longest side kept after decoding; JPEGs are decoded at reduced size (draft mode) "
+        "when the full resolution is not needed.",
+    )
+
+
+class DedupSettings(BaseModel):
+    """The decision cascade: exact -> pHash -> embedding -> geometric verification.
+
+    Defaults come from ``bench/dedup.py`` (see README: "Choosing the thresholds").
+    """
+
+    phash_max_distance: int = Field(
+        4, ge=0, le=32, description="pHash Hamming distance at or below which an image is a duplicate."
+    )
+    phash_candidates: int = Field(8, ge=1, description="Hash neighbours examined per image.")
+    embed_duplicate: float = Field(
+        0.86, ge=-1, le=1, description="Embedding cosine at or above which an image is a duplicate."
+    )
+    embed_verify: float = Field(
+        0.60,
+        ge=-1,
+        le=1,
+        description="Cosine at or above which (and below embed_duplicate) local-feature verification decides.",
+    )
+    verify_min_inliers: int = Field(
+        20, ge=4, description="RANSAC homography inliers needed to confirm a borderline match."
+    )
+    verify_candidates: int = Field(3, ge=1, description="Borderline neighbours verified per image.")
+    top_k: int = Field(10, ge=1, description="Embedding neighbours retrieved per image.")
+    index_duplicates: bool = Field(False, description="Also add duplicates to the vector index.")
+
+
+class IndexSettings(BaseModel):
+    """The in-process vector and hash indexes."""
+
+    backend: str = Field("faiss", description="Vector index backend: 'faiss' or 'memory' (brute force).")
+    exact_below: int = Field(
+        50_000, ge=0, description="Collections smaller than this use exact search; larger ones go approximate."
+    )
+    nprobe: int = Field(16, ge=1, description="Inverted lists probed per query by the approximate index.")
+
+
+class ModelSettings(BaseModel):
+    """Model files and inference."""
+
+    batch_size: int = Field(32, ge=1, le=512, description="Images per model call.")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
+    input_size: int = Field(224, ge=64, le=640, description="Side of the square visual encoder input.")
+
+
+class Settings(BaseSettings):
+    """All of imgaudit's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMGAUDIT_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(Path("data"), description="Where the SQLite file and index files live.")
+    cache_dir: Path = Field(
+        Path("~/.cache/imgaudit"), description="Derived model files (ONNX exports), never in the repo."
+    )
+    database_url: str = Field(
+        "", description="SQLAlchemy URL of the store; empty: SQLite file imgaudit.db in data_dir."
+    )
+    lease_seconds: int = Field(300, ge=5, description="How long a claim on a queued item lasts.")
+    max_attempts: int = Field(3, ge=1, description="Attempts before a retryable failure becomes permanent.")
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _config_file_in_use()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _expand(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        self.cache_dir = self.cache_dir.expanduser()
+        if self.dedup.embed_verify > self.dedup.embed_duplicate:
+            raise ValueError("dedup.embed_verify must not exceed dedup.embed_duplicate")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'imgaudit.db'}"
+
+
+def _config_file_in_use() -> Path | None:
+    explicit = os.environ.get("IMGAUDIT_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once; errors become a ConfigError with every problem listed."""
+    from pydantic import ValidationError
+
+    previous = os.environ.get("IMGAUDIT_CONFIG")
+    try:
+        if config_file is not None:
+            os.environ["IMGAUDIT_CONFIG"] = str(config_file)
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop("IMGAUDIT_CONFIG", None)
+            else:
+                os.environ["IMGAUDIT_CONFIG"] = previous
+
+
+def config_file_in_use() -> Path | None:
+    """The TOML file the settings were read from, if any (for ``imgaudit config show``)."""
+    return _config_file_in_use()

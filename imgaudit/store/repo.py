@@ -1,0 +1,310 @@
+"""The store: one interface over the images table, used by the pipeline, services and entry points.
+
+Claiming is one short transaction: pick claimable ids in id order (``FOR UPDATE SKIP LOCKED`` where the
+database has it, ``BEGIN IMMEDIATE`` on SQLite), mark them processing with a lease, commit. An item is
+claimable when queued, when a retryable failure's back-off has passed, or when the lease of the worker
+holding it has expired (the worker died).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from imgaudit.errors import ImgauditError, NotFound
+from imgaudit.signals.hashes import from_signed, to_signed
+from imgaudit.store.db import make_engine, migrate
+from imgaudit.store.schema import ImageRow, utcnow
+from imgaudit.types import DedupSignals, ImageRef, Status, Verdict
+
+RETRY_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    ref: ImageRef
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    id: int
+    source: str
+    uri: str
+    kind: str
+    external_key: str | None
+    status: str
+    attempts: int
+    error_reason: str | None
+    last_error: str | None
+    sha256: str | None
+    format: str | None
+    width: int | None
+    height: int | None
+    phash: int | None
+    decision: str | None
+    duplicate_of: int | None
+    score: float | None
+    stage: str | None
+    indexed: bool
+    created_at: datetime
+    processed_at: datetime | None
+
+    def as_dict(self) -> dict[str, object]:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["phash"] = f"{self.phash:016x}" if self.phash is not None else None
+        for key in ("created_at", "processed_at"):
+            d[key] = d[key].isoformat() if d[key] else None
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What the pipeline learned about one claimed item."""
+
+    id: int
+    signals: DedupSignals
+    verdict: Verdict
+    format: str
+    width: int
+    height: int
+    indexed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: int
+    error: ImgauditError
+
+
+def uri_hash(uri: str) -> str:
+    return hashlib.sha256(uri.encode("utf-8")).hexdigest()
+
+
+def pack_embedding(v: np.ndarray) -> bytes:
+    return np.asarray(v, np.float16).tobytes()
+
+
+def unpack_embedding(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, np.float16).astype(np.float32)
+
+
+class Store(Protocol):
+    def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]: ...
+    def claim(self, worker: str, limit: int, lease_seconds: int) -> list[Claimed]: ...
+    def finish(self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int) -> None: ...
+    def release(self, ids: Sequence[int]) -> None: ...
+    def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None: ...
+    def get(self, item_id: int) -> ItemRecord: ...
+    def get_many(self, ids: Sequence[int]) -> dict[int, ItemRecord]: ...
+    def find_by_uri(self, uri: str) -> ItemRecord | None: ...
+    def iter_indexed(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, list[int], np.ndarray]]: ...
+    def count_indexed(self) -> int: ...
+    def counts(self) -> dict[str, dict[str, int]]: ...
+    def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]: ...
+    def requeue_failed(self, permanent: bool = False) -> int: ...
+    def reset(self) -> None: ...
+
+
+class SqlStore:
+    """The SQLAlchemy implementation: SQLite by default, PostgreSQL for many workers."""
+
+    def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if auto_migrate:
+            migrate(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._skip_locked = self.engine.dialect.name == "postgresql"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    # -- queue -----------------------------------------------------------------------------------------
+
+    def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]:
+        """Add new items; items already known (same URI) are skipped, which makes ingest resumable."""
+        added = skipped = 0
+        chunk: list[ImageRef] = []
+
+        def flush() -> None:
+            nonlocal added, skipped
+            hashes = {uri_hash(r.uri): r for r in chunk}
+            with self._session() as s, s.begin():
+                known = set(s.scalars(select(ImageRow.uri_hash).where(ImageRow.uri_hash.in_(hashes))))
+                now = utcnow()
+                for h, r in hashes.items():
+                    if h in known:
+                        continue
+                    s.add(ImageRow(source=source, kind=r.kind, uri=r.uri, uri_hash=h,
+                                   external_key=r.external_key, status=Status.QUEUED, attempts=0,
+                                   available_at=now, created_at=now, updated_at=now, indexed=0))
+                added += len(hashes) - len(known)
+                skipped += len(chunk) - (len(hashes) - len(known))
+            chunk.clear()
+
+        for ref in refs:
+            chunk.append(ref)
+            if len(chunk) >= 1000:
+                flush()
+        if chunk:
+            flush()
+        return added, skipped
+
+    def claim(self, worker: str, limit: int, lease_seconds: int) -> list[Claimed]:
+        now = utcnow()
+        claimable = or_(
+            and_(ImageRow.status.in_([Status.QUEUED, Status.FAILED_RETRYABLE]), ImageRow.available_at <= now),
+            and_(ImageRow.status == Status.PROCESSING, ImageRow.lease_until < now),
+        )
+        with self._session() as s, s.begin():
+            q = select(ImageRow).where(claimable).order_by(ImageRow.id).limit(limit)
+            if self._skip_locked:
+                q = q.with_for_update(skip_locked=True)
+            rows = list(s.scalars(q))
+            for row in rows:
+                row.status = Status.PROCESSING
+                row.claimed_by = worker
+                row.lease_until = now + timedelta(seconds=lease_seconds)
+                row.attempts += 1
+                row.updated_at = now
+            return [Claimed(r.id, ImageRef(r.uri, r.kind, r.external_key), r.attempts) for r in rows]
+
+    def finish(self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int) -> None:
+        """Write a batch's results in one transaction."""
+        now = utcnow()
+        with self._session() as s, s.begin():
+            for c in completions:
+                v = c.verdict
+                s.execute(update(ImageRow).where(ImageRow.id == c.id).values(
+                    status=Status.DONE, sha256=c.signals.sha256, pixel_sha256=c.signals.pixel_sha256,
+                    phash=to_signed(c.signals.phash), embedding=pack_embedding(c.signals.embedding),
+                    format=c.format, width=c.width, height=c.height, decision=v.decision.value,
+                    duplicate_of=v.duplicate_of, score=v.score, stage=v.stage.value, indexed=int(c.indexed),
+                    error_reason=None, last_error=None, claimed_by=None, lease_until=None,
+                    processed_at=now, updated_at=now))
+            for f in failures:
+                row = s.get(ImageRow, f.id)
+                if row is None:
+                    continue
+                permanent = not f.error.retryable or row.attempts >= max_attempts
+                row.status = Status.FAILED_PERMANENT if permanent else Status.FAILED_RETRYABLE
+                row.error_reason = f.error.reason
+                row.last_error = f.error.message[:2000]
+                row.claimed_by = None
+                row.lease_until = None
+                row.available_at = now + timedelta(seconds=RETRY_BACKOFF_SECONDS * 2 ** (row.attempts - 1))
+                row.processed_at = now
+                row.updated_at = now
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Give claimed items back untouched (graceful shutdown): the attempt does not count."""
+        if not ids:
+            return
+        with self._session() as s, s.begin():
+            s.execute(update(ImageRow).where(ImageRow.id.in_(ids), ImageRow.status == Status.PROCESSING)
+                      .values(status=Status.QUEUED, claimed_by=None, lease_until=None,
+                              attempts=ImageRow.attempts - 1, updated_at=utcnow()))
+
+    def requeue_failed(self, permanent: bool = False) -> int:
+        statuses = [Status.FAILED_RETRYABLE] + ([Status.FAILED_PERMANENT] if permanent else [])
+        with self._session() as s, s.begin():
+            res = s.execute(update(ImageRow).where(ImageRow.status.in_(statuses)).values(
+                status=Status.QUEUED, attempts=0, available_at=utcnow(), updated_at=utcnow()))
+            return res.rowcount or 0
+
+    # -- lookups ---------------------------------------------------------------------------------------
+
+    def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None:
+        """The original of a finished image with the same bytes (or else the same pixels)."""
+        with self._session() as s:
+            for column, stage in ((ImageRow.sha256, "exact_bytes"), (ImageRow.pixel_sha256, "exact_pixels")):
+                value = sha256 if stage == "exact_bytes" else pixel_sha256
+                row = s.execute(select(ImageRow.id, ImageRow.duplicate_of).where(
+                    column == value, ImageRow.status == Status.DONE).order_by(ImageRow.id).limit(1)).first()
+                if row is not None:
+                    return (row.duplicate_of or row.id), stage
+        return None
+
+    def get(self, item_id: int) -> ItemRecord:
+        rec = self.get_many([item_id]).get(item_id)
+        if rec is None:
+            raise NotFound(f"no image with id {item_id}")
+        return rec
+
+    def get_many(self, ids: Sequence[int]) -> dict[int, ItemRecord]:
+        if not ids:
+            return {}
+        with self._session() as s:
+            return {r.id: _record(r) for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(list(ids))))}
+
+    def find_by_uri(self, uri: str) -> ItemRecord | None:
+        with self._session() as s:
+            row = s.scalars(select(ImageRow).where(ImageRow.uri_hash == uri_hash(uri))).first()
+            return _record(row) if row else None
+
+    def iter_indexed(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, list[int], np.ndarray]]:
+        """(ids, phashes, embeddings) of everything that belongs in the indexes, in id order."""
+        last = 0
+        while True:
+            with self._session() as s:
+                rows = s.execute(select(ImageRow.id, ImageRow.phash, ImageRow.embedding)
+                                 .where(ImageRow.indexed == 1, ImageRow.id > last)
+                                 .order_by(ImageRow.id).limit(batch)).all()
+            if not rows:
+                return
+            last = rows[-1].id
+            yield (np.array([r.id for r in rows], np.int64), [from_signed(r.phash) for r in rows],
+                   np.stack([unpack_embedding(r.embedding) for r in rows]))
+
+    def count_indexed(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count()).where(ImageRow.indexed == 1)) or 0)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        with self._session() as s:
+            by_status = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
+            by_decision = dict(s.execute(select(ImageRow.decision, func.count())
+                                         .where(ImageRow.decision.is_not(None)).group_by(ImageRow.decision)).all())
+            by_stage = dict(s.execute(select(ImageRow.stage, func.count())
+                                      .where(ImageRow.decision == "duplicate").group_by(ImageRow.stage)).all())
+            by_error = dict(s.execute(select(ImageRow.error_reason, func.count())
+                                      .where(ImageRow.error_reason.is_not(None))
+                                      .group_by(ImageRow.error_reason)).all())
+        return {"status": by_status, "decision": by_decision, "duplicate_stage": by_stage, "error": by_error}
+
+    def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]:
+        original = aliased(ImageRow)
+        with self._session() as s:
+            q = (select(ImageRow, original).join(original, ImageRow.duplicate_of == original.id)
+                 .where(ImageRow.decision == "duplicate").order_by(ImageRow.id))
+            if limit:
+                q = q.limit(limit)
+            return [(_record(a), _record(b)) for a, b in s.execute(q).all()]
+
+    def reset(self) -> None:
+        with self._session() as s, s.begin():
+            s.execute(update(ImageRow).values(duplicate_of=None))
+            s.execute(delete(ImageRow))
+
+
+def _record(r: ImageRow) -> ItemRecord:
+    return ItemRecord(
+        id=r.id, source=r.source, uri=r.uri, kind=r.kind, external_key=r.external_key, status=r.status,
+        attempts=r.attempts, error_reason=r.error_reason, last_error=r.last_error, sha256=r.sha256,
+        format=r.format, width=r.width, height=r.height,
+        phash=from_signed(r.phash) if r.phash is not None else None, decision=r.decision,
+        duplicate_of=r.duplicate_of, score=r.score, stage=r.stage, indexed=bool(r.indexed),
+        created_at=r.created_at, processed_at=r.processed_at,
+    )

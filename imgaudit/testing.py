@@ -1,0 +1,64 @@
+"""Fakes shipped with the package, for tests here and in code that builds on imgaudit."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+from imgaudit.models.visual import DESCRIPTOR_DIM, INPUT_MEAN, INPUT_STD
+
+
+class FakeVisualSession:
+    """Stands in for EfficientNet-Lite0: deterministic, cheap, and similar images get similar features
+    (a 7x7 map of tiled, randomly projected colour statistics), so cascade behaviour is testable."""
+
+    def __init__(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.projection = rng.normal(size=(3, DESCRIPTOR_DIM)).astype(np.float32)
+        self.calls = 0
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        x = inputs["pixels"] * INPUT_STD + INPUT_MEAN  # back to 0..255, (n, 3, h, w)
+        n = x.shape[0]
+        small = np.stack([cv2.resize(im.transpose(1, 2, 0), (7, 7), interpolation=cv2.INTER_AREA) for im in x])
+        feats = np.maximum(small.reshape(n, 49, 3) @ self.projection / 255.0, 0)  # (n, 49, C)
+        features = feats.transpose(0, 2, 1).reshape(n, DESCRIPTOR_DIM, 7, 7).astype(np.float32)
+        logits = features.mean(axis=(2, 3))[:, :1000]
+        return {"features": features, "logits": logits}
+
+    def input_names(self) -> list[str]:
+        return ["pixels"]
+
+    def output_names(self) -> list[str]:
+        return ["features", "logits"]
+
+
+def textured_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A random photo-like picture: gradients, blobs and lines, distinct for every seed, with enough
+    corners for ORB."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(np.sin(xx / rng.uniform(8, 40) + rng.uniform(0, 6)) * 60 + rng.uniform(60, 190))
+                     for _ in range(3)], axis=-1)
+    im = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(25):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.integers(10, w // 3)), y0 + int(rng.integers(10, h // 3))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.ellipse((x0, y0, x1, y1), fill=colour, outline=(0, 0, 0))
+    return im
+
+
+def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,122 @@
+"""The store's queue state machine: enqueue, claim with a lease, finish, fail, retry, release."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+
+from imgaudit.errors import CorruptImage, FetchTimeout, NotFound
+from imgaudit.store.repo import Completion, Failure, SqlStore
+from imgaudit.store.schema import ImageRow, utcnow
+from imgaudit.types import Decision, DedupSignals, ImageRef, Stage, Status, Verdict
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlStore:
+    s = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+    yield s
+    s.close()
+
+
+def signals(i: int) -> DedupSignals:
+    return DedupSignals(f"{i:064x}", f"p{i:063x}", 2**63 + i, np.full(8, 0.25, np.float32))
+
+
+def complete(item_id: int, i: int, decision=Decision.UNIQUE, dup=None) -> Completion:
+    stage = Stage.NONE if decision == Decision.UNIQUE else Stage.EMBEDDING
+    return Completion(item_id, signals(i), Verdict(decision, stage, 0.9, dup), "JPEG", 10, 20,
+                      decision == Decision.UNIQUE)
+
+
+def test_enqueue_skips_known_uris(store: SqlStore) -> None:
+    assert store.enqueue([ImageRef("/a"), ImageRef("/b"), ImageRef("/a")], "folder") == (2, 1)
+    assert store.enqueue([ImageRef("/b"), ImageRef("/c")], "folder") == (1, 1)
+    assert store.counts()["status"] == {"queued": 3}
+
+
+def test_claims_are_exclusive_and_in_order(store: SqlStore) -> None:
+    store.enqueue([ImageRef(f"/{i}") for i in range(5)], "folder")
+    a = store.claim("w1", 3, 60)
+    b = store.claim("w2", 3, 60)
+    assert [c.ref.uri for c in a] == ["/0", "/1", "/2"]
+    assert [c.ref.uri for c in b] == ["/3", "/4"]
+    assert store.claim("w3", 3, 60) == []
+    assert all(c.attempts == 1 for c in a + b)
+
+
+def test_expired_lease_is_reclaimed(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/a")], "folder")
+    (first,) = store.claim("dead-worker", 1, 60)
+    with store._session() as s, s.begin():
+        s.execute(update(ImageRow).values(lease_until=utcnow() - timedelta(seconds=1)))
+    (again,) = store.claim("w2", 1, 60)
+    assert again.id == first.id and again.attempts == 2
+
+
+def test_finish_records_signals_and_verdicts(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/a"), ImageRef("/b")], "folder")
+    a, b = store.claim("w", 2, 60)
+    store.finish([complete(a.id, 1), complete(b.id, 2, Decision.DUPLICATE, a.id)], [], 3)
+    ra, rb = store.get(a.id), store.get(b.id)
+    assert ra.status == Status.DONE and ra.indexed and ra.phash == 2**63 + 1
+    assert rb.decision == "duplicate" and rb.duplicate_of == a.id and not rb.indexed
+    assert store.count_indexed() == 1
+    ((ids, phashes, embs),) = list(store.iter_indexed())
+    assert ids.tolist() == [a.id] and phashes == [2**63 + 1] and embs.shape == (1, 8)
+    assert store.find_exact(signals(1).sha256, "none") == (a.id, "exact_bytes")
+    # An exact copy of a duplicate points at the root original.
+    assert store.find_exact(signals(2).sha256, "none") == (a.id, "exact_bytes")
+    assert store.find_exact("none", signals(1).pixel_sha256) == (a.id, "exact_pixels")
+    assert [(d.id, o.id) for d, o in store.duplicate_pairs()] == [(b.id, a.id)]
+
+
+def test_failures_retry_until_permanent(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/slow"), ImageRef("/bad")], "folder")
+    slow, bad = store.claim("w", 2, 60)
+    store.finish([], [Failure(slow.id, FetchTimeout()), Failure(bad.id, CorruptImage("truncated"))], 2)
+    assert store.get(slow.id).status == Status.FAILED_RETRYABLE
+    rec = store.get(bad.id)
+    assert rec.status == Status.FAILED_PERMANENT and rec.error_reason == "corrupt" and "truncated" in rec.last_error
+    assert store.claim("w", 2, 60) == []  # back-off not over yet
+    with store._session() as s, s.begin():
+        s.execute(update(ImageRow).values(available_at=utcnow()))
+    (again,) = store.claim("w", 2, 60)
+    assert again.id == slow.id and again.attempts == 2
+    store.finish([], [Failure(slow.id, FetchTimeout())], 2)
+    assert store.get(slow.id).status == Status.FAILED_PERMANENT  # max_attempts reached
+    assert store.requeue_failed() == 0
+    assert store.requeue_failed(permanent=True) == 2
+    assert store.counts()["status"] == {"queued": 2}
+
+
+def test_release_gives_items_back_without_counting_an_attempt(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/a")], "folder")
+    (c,) = store.claim("w", 1, 60)
+    store.release([c.id])
+    rec = store.get(c.id)
+    assert rec.status == Status.QUEUED and rec.attempts == 0
+
+
+def test_get_missing_raises(store: SqlStore) -> None:
+    with pytest.raises(NotFound):
+        store.get(12345)
+
+
+def test_reset_empties_everything(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/a"), ImageRef("/b")], "folder")
+    a, b = store.claim("w", 2, 60)
+    store.finish([complete(a.id, 1), complete(b.id, 2, Decision.DUPLICATE, a.id)], [], 3)
+    store.reset()
+    assert store.counts()["status"] == {}
+
+
+def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    SqlStore(url).close()
+    s = SqlStore(url)
+    assert s.enqueue([ImageRef("/a")], "x") == (1, 0)
+    s.close()
