@@ -13,22 +13,23 @@ from imgaudit.models.visual import DESCRIPTOR_DIM, INPUT_MEAN, INPUT_STD
 
 class FakeVisualSession:
     """Stands in for EfficientNet-Lite0: deterministic, cheap, and similar images get similar features
-    (a 7x7 map of tiled, randomly projected colour statistics), so cascade behaviour is testable."""
+    (a random projection of a 16x16 thumbnail, rectified), so cascade behaviour is testable."""
 
     def __init__(self, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        self.projection = rng.normal(size=(3, DESCRIPTOR_DIM)).astype(np.float32)
+        self.projection = rng.normal(size=(16 * 16 * 3, DESCRIPTOR_DIM)).astype(np.float32)
         self.calls = 0
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
         x = inputs["pixels"] * INPUT_STD + INPUT_MEAN  # back to 0..255, (n, 3, h, w)
         n = x.shape[0]
-        small = np.stack([cv2.resize(im.transpose(1, 2, 0), (7, 7), interpolation=cv2.INTER_AREA) for im in x])
-        feats = np.maximum(small.reshape(n, 49, 3) @ self.projection / 255.0, 0)  # (n, 49, C)
-        features = feats.transpose(0, 2, 1).reshape(n, DESCRIPTOR_DIM, 7, 7).astype(np.float32)
-        logits = features.mean(axis=(2, 3))[:, :1000]
-        return {"features": features, "logits": logits}
+        thumbs = np.stack([cv2.resize(im.transpose(1, 2, 0), (16, 16), interpolation=cv2.INTER_AREA)
+                           for im in x]).reshape(n, -1) / 255.0
+        thumbs -= thumbs.mean(axis=1, keepdims=True)
+        feats = np.maximum(thumbs @ self.projection, 0) + 1e-3
+        features = feats.reshape(n, DESCRIPTOR_DIM, 1, 1).astype(np.float32)
+        return {"features": features, "logits": features[:, :1000, 0, 0]}
 
     def input_names(self) -> list[str]:
         return ["pixels"]

@@ -1,0 +1,132 @@
+"""Dedup service end to end on generated images, with the fake encoder (fast) and the real one."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from imgaudit.bootstrap import dedup_service
+from imgaudit.config import Settings
+from imgaudit.models.visual import VisualEncoder
+from imgaudit.sources.files import FolderSource
+from imgaudit.testing import textured_image
+
+
+def make_folder(root: Path, n: int = 6) -> dict[str, str | None]:
+    """n originals, and copies: re-encoded, resized, byte-identical, mirrored; plus two broken files."""
+    root.mkdir(parents=True, exist_ok=True)
+    answers: dict[str, str | None] = {}
+    for i in range(n):
+        im = textured_image(100 + i, (480, 360))
+        im.save(root / f"o{i}.jpg", quality=92)
+        answers[f"o{i}.jpg"] = None
+    Image.open(root / "o0.jpg").save(root / "z_o0_png.png")  # same pixels, other bytes
+    (root / "z_o1_copy.jpg").write_bytes((root / "o1.jpg").read_bytes())
+    Image.open(root / "o2.jpg").resize((240, 180)).save(root / "z_o2_small.jpg", quality=60)
+    ImageOps.mirror(Image.open(root / "o3.jpg")).save(root / "z_o3_mirror.jpg", quality=85)
+    answers.update({"z_o0_png.png": "o0.jpg", "z_o1_copy.jpg": "o1.jpg", "z_o2_small.jpg": "o2.jpg",
+                    "z_o3_mirror.jpg": "o3.jpg"})
+    (root / "zz_truncated.jpg").write_bytes((root / "o4.jpg").read_bytes()[:500])
+    (root / "zz_text.jpg").write_text("not an image")
+    return answers
+
+
+def run(settings: Settings, folder: Path, encoder: VisualEncoder):
+    with dedup_service(settings, encoder) as svc:
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        summary = svc.process_queue(batch_size=4)
+        pairs = {Path(d.uri).name: (Path(o.uri).name, d.stage) for d, o in svc.store.duplicate_pairs()}
+        return summary, pairs, svc.store.counts(), len(svc.indexes)
+
+
+def test_ingest_finds_copies_and_records_failures(settings: Settings, tmp_path: Path,
+                                                   fake_encoder: VisualEncoder) -> None:
+    folder = tmp_path / "imgs"
+    answers = make_folder(folder)
+    summary, pairs, counts, indexed = run(settings, folder, fake_encoder)
+    assert summary.processed == 12 and summary.failed == 2
+    assert pairs["z_o1_copy.jpg"] == ("o1.jpg", "exact_bytes")
+    assert pairs["z_o0_png.png"] == ("o0.jpg", "exact_pixels")
+    assert pairs["z_o2_small.jpg"][0] == "o2.jpg"
+    assert counts["error"] == {"corrupt": 1, "not_an_image": 1}
+    assert counts["status"] == {"done": 10, "failed_permanent": 2}
+    assert indexed == counts["decision"]["unique"]
+    for name, (orig, _) in pairs.items():
+        assert answers[name] == orig
+
+
+def test_ingest_is_resumable_and_index_survives_restart(settings: Settings, tmp_path: Path,
+                                                        fake_encoder: VisualEncoder) -> None:
+    folder = tmp_path / "imgs"
+    make_folder(folder)
+    with dedup_service(settings, fake_encoder) as svc:
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        first = svc.process_queue(batch_size=4, limit=4)  # stop half-way, as after a crash
+        assert first.processed == 4
+    with dedup_service(settings, fake_encoder) as svc:
+        added, known = svc.enqueue(FolderSource(folder).refs(), "folder")
+        assert (added, known) == (0, 12)
+        rest = svc.process_queue(batch_size=4)
+        assert rest.processed == 8
+        assert len(svc.indexes) == svc.store.count_indexed()
+    calls_before = fake_encoder.session.calls
+    with dedup_service(settings, fake_encoder) as svc:
+        assert svc.process_queue().processed == 0
+        assert len(svc.indexes) == svc.store.count_indexed() > 0
+    assert fake_encoder.session.calls == calls_before  # nothing re-embedded
+
+
+def test_index_is_rebuilt_from_the_store_when_files_are_lost(settings: Settings, tmp_path: Path,
+                                                             fake_encoder: VisualEncoder) -> None:
+    folder = tmp_path / "imgs"
+    make_folder(folder)
+    run(settings, folder, fake_encoder)
+    for f in (settings.data_dir / "index").iterdir():
+        f.unlink()
+    with dedup_service(settings, fake_encoder) as svc:
+        assert len(svc.indexes) == svc.store.count_indexed() == 6
+        scores, ids = svc.indexes.vectors.search(
+            svc.pipeline.analyse([(folder / "o5.jpg").read_bytes()], {"decode+hash": 0, "embed": 0})[0]
+            .signals.embedding[None, :], 1)
+        assert svc.store.get(int(ids[0][0])).uri.endswith("o5.jpg") and scores[0][0] > 0.99
+
+
+def test_check_does_not_store(settings: Settings, tmp_path: Path, fake_encoder: VisualEncoder) -> None:
+    from imgaudit.types import ImageRef
+
+    folder = tmp_path / "imgs"
+    make_folder(folder)
+    run(settings, folder, fake_encoder)
+    probe = tmp_path / "probe.jpg"
+    Image.open(folder / "o5.jpg").resize((300, 225)).save(probe, quality=70)
+    with dedup_service(settings, fake_encoder) as svc:
+        before = svc.store.counts()
+        (res,) = svc.check([ImageRef(str(probe))])
+        assert res.verdict.decision == "duplicate" and res.original.uri.endswith("o5.jpg")
+        (bad,) = svc.check([ImageRef(str(tmp_path / "missing.jpg"))])
+        assert bad.verdict is None and bad.error_reason
+        assert svc.store.counts() == before
+
+
+@pytest.mark.model
+def test_real_model_separates_copies_from_other_photos(real_encoder: VisualEncoder) -> None:
+    """The bundled EfficientNet-Lite0 descriptor: copies score far above unrelated photos."""
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    copies = [np.asarray(Image.fromarray(p).resize((p.shape[1] // 2, p.shape[0] // 2))) for p in photos]
+    copies[1] = np.ascontiguousarray(photos[1][:, ::-1])  # mirrored
+    buf = io.BytesIO()
+    Image.fromarray(photos[2]).save(buf, "JPEG", quality=20)
+    copies[2] = np.asarray(Image.open(buf))
+    a = real_encoder.encode(photos)
+    b = real_encoder.encode(copies)
+    sims = a.descriptors @ b.descriptors.T
+    assert np.all(np.diag(sims) > 0.9)
+    assert np.all(sims[~np.eye(4, dtype=bool)] < 0.6)
+    assert a.probabilities.argmax(axis=1)[1] == 967  # espresso
+    assert np.allclose(np.linalg.norm(a.descriptors, axis=1), 1, atol=1e-5)
