@@ -29,13 +29,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transforms import build_benchmark  # noqa: E402
+from transforms import build_benchmark
 
-from imgaudit.bootstrap import build_encoder, dedup_service  # noqa: E402
-from imgaudit.config import load_settings  # noqa: E402
-from imgaudit.policy.cascade import decide, rank_candidates  # noqa: E402
-from imgaudit.signals import local_features  # noqa: E402
-from imgaudit.types import ImageRef  # noqa: E402
+from imgaudit.bootstrap import build_encoder, dedup_service
+from imgaudit.config import load_settings
+from imgaudit.policy.cascade import decide, rank_candidates
+from imgaudit.signals import local_features
+from imgaudit.types import ImageRef
 
 LEGACY_HAMMING = 5
 TOP_K = 10
@@ -63,8 +63,14 @@ def family(transform: str) -> str:
     return "chain" if transform.startswith("chain:") else transform
 
 
-def evaluate(name: str, per_query: dict[str, list[tuple[str, float]]], decisions: dict[str, str | None],
-             rows: dict[str, dict], seconds: float, n_images: int) -> dict:
+def evaluate(
+    name: str,
+    per_query: dict[str, list[tuple[str, float]]],
+    decisions: dict[str, str | None],
+    rows: dict[str, dict],
+    seconds: float,
+    n_images: int,
+) -> dict:
     """per_query: query id -> ranked (ref id, score); decisions: query id -> matched ref id or None."""
     queries = [r for r in rows.values() if r["role"] in ("query", "distractor")]
     positives = sum(1 for r in queries if r["role"] == "query")
@@ -83,10 +89,14 @@ def evaluate(name: str, per_query: dict[str, list[tuple[str, float]]], decisions
         elif got is not None:
             false_dup += 1
     return {
-        "method": name, "uAP": micro_ap(preds, positives),
-        "R@P99": recall_at_precision(preds, positives, 0.99), "R@P95": recall_at_precision(preds, positives, 0.95),
-        "recall@default": right / positives, "wrong_match": wrong,
-        "distractor_false_dup": false_dup, "n_distractors": sum(1 for q in queries if q["role"] == "distractor"),
+        "method": name,
+        "uAP": micro_ap(preds, positives),
+        "R@P99": recall_at_precision(preds, positives, 0.99),
+        "R@P95": recall_at_precision(preds, positives, 0.95),
+        "recall@default": right / positives,
+        "wrong_match": wrong,
+        "distractor_false_dup": false_dup,
+        "n_distractors": sum(1 for q in queries if q["role"] == "distractor"),
         "per_transform": {t: sum(v) / len(v) for t, v in sorted(by_t.items())},
         "images_per_s": n_images / seconds if seconds else 0.0,
     }
@@ -106,9 +116,12 @@ def run_legacy(rows: dict[str, dict], root: Path) -> tuple[dict, dict]:
         order = np.argsort(d, kind="stable")[:TOP_K]
         per_query[q["id"]] = [(refs[i]["id"], 1.0 - d[i] / 64.0) for i in order]
         rule[q["id"]] = refs[order[0]]["id"] if d[order[0]] <= LEGACY_HAMMING else None
-    rank = evaluate("imagehash pHash ranking", per_query, {k: None for k in rule}, rows, ref_seconds, len(refs))
-    legacy = evaluate(f"legacy rule (pHash Hamming <= {LEGACY_HAMMING})", per_query, rule, rows, ref_seconds,
-                      len(refs))
+    rank = evaluate(
+        "imagehash pHash ranking", per_query, {k: None for k in rule}, rows, ref_seconds, len(refs)
+    )
+    legacy = evaluate(
+        f"legacy rule (pHash Hamming <= {LEGACY_HAMMING})", per_query, rule, rows, ref_seconds, len(refs)
+    )
     return legacy, rank
 
 
@@ -134,8 +147,9 @@ def run_imgaudit(rows: dict[str, dict], root: Path, work: Path, threads: int) ->
         t = time.perf_counter()
         for start in range(0, len(queries), 64):
             chunk = queries[start : start + 64]
-            analysed = pipe.analyse(pipe.load([ImageRef(str(root / q["path"])) for q in chunk]),
-                                    defaultdict(float))
+            analysed = pipe.analyse(
+                pipe.load([ImageRef(str(root / q["path"])) for q in chunk]), defaultdict(float)
+            )
             for q, a in zip(chunk, analysed, strict=True):
                 lk = pipe.lookups(a.signals, {})
                 feats: dict[str, local_features.Features] = {}
@@ -147,32 +161,52 @@ def run_imgaudit(rows: dict[str, dict], root: Path, work: Path, threads: int) ->
 
                 v = decide(lk, verify, settings.dedup)
                 decisions[q["id"]] = store_ids.get(v.duplicate_of) if v.duplicate_of else None
-                per_query[q["id"]] = [(store_ids[c], s) for c, s in rank_candidates(lk, verify, settings.dedup)]
+                per_query[q["id"]] = [
+                    (store_ids[c], s) for c, s in rank_candidates(lk, verify, settings.dedup)
+                ]
                 cosine_only[q["id"]] = [(store_ids[c], s) for c, s in lk.neighbours]
         query_seconds = time.perf_counter() - t
         del by_uri
-    cascade = evaluate("imgaudit cascade (defaults)", per_query, decisions, rows, ingest_seconds,
-                       summary.processed)
+    cascade = evaluate(
+        "imgaudit cascade (defaults)", per_query, decisions, rows, ingest_seconds, summary.processed
+    )
     cascade["check_images_per_s"] = len(queries) / query_seconds
     cascade["ingest_timings"] = {k: round(v, 2) for k, v in summary.timings.items()}
     thr = settings.dedup.embed_duplicate
     cos_dec = {q: (lst[0][0] if lst and lst[0][1] >= thr else None) for q, lst in cosine_only.items()}
-    cos = evaluate(f"imgaudit descriptor cosine only (>= {thr})", cosine_only, cos_dec, rows, ingest_seconds,
-                   summary.processed)
+    cos = evaluate(
+        f"imgaudit descriptor cosine only (>= {thr})",
+        cosine_only,
+        cos_dec,
+        rows,
+        ingest_seconds,
+        summary.processed,
+    )
     return cascade, cos, {"ingest": summary.as_dict()}
 
 
 def table(results: list[dict]) -> str:
-    head = ("| method | µAP | recall @ P≥0.99 | recall @ P≥0.95 | recall at defaults | wrong matches | "
-            "distractors flagged | images/s |\n|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| method | µAP | recall @ P≥0.99 | recall @ P≥0.95 | recall at defaults | wrong matches | "
+        "distractors flagged | images/s |\n|---|---|---|---|---|---|---|---|\n"
+    )
     body = "".join(
         f"| {r['method']} | {r['uAP']:.3f} | {r['R@P99']:.3f} | {r['R@P95']:.3f} | {r['recall@default']:.3f} | "
         f"{r['wrong_match']} | {r['distractor_false_dup']} / {r['n_distractors']} | {r['images_per_s']:.1f} |\n"
-        for r in results)
+        for r in results
+    )
     transforms = sorted({t for r in results for t in r["per_transform"]})
-    per = "\n| transform | " + " | ".join(r["method"] for r in results) + " |\n|---|" + "---|" * len(results) + "\n"
-    per += "".join(f"| {t} | " + " | ".join(f"{r['per_transform'].get(t, 0):.2f}" for r in results) + " |\n"
-                   for t in transforms)
+    per = (
+        "\n| transform | "
+        + " | ".join(r["method"] for r in results)
+        + " |\n|---|"
+        + "---|" * len(results)
+        + "\n"
+    )
+    per += "".join(
+        f"| {t} | " + " | ".join(f"{r['per_transform'].get(t, 0):.2f}" for r in results) + " |\n"
+        for t in transforms
+    )
     return head + body + per
 
 
@@ -189,8 +223,14 @@ def main() -> None:
 
     set_dir = args.out / f"set-{args.n_refs}-{args.queries_per_ref}-{args.distractors}-{args.seed}"
     if not (set_dir / "bench.jsonl").is_file():
-        build_benchmark(args.photos / "manifest.jsonl", set_dir, n_refs=args.n_refs,
-                        queries_per_ref=args.queries_per_ref, n_distractors=args.distractors, seed=args.seed)
+        build_benchmark(
+            args.photos / "manifest.jsonl",
+            set_dir,
+            n_refs=args.n_refs,
+            queries_per_ref=args.queries_per_ref,
+            n_distractors=args.distractors,
+            seed=args.seed,
+        )
     rows = {r["id"]: r for r in map(json.loads, (set_dir / "bench.jsonl").read_text().splitlines())}
     counts = Counter(r["role"] for r in rows.values())
     print(f"set: {dict(counts)} in {set_dir}", file=sys.stderr)
@@ -200,11 +240,13 @@ def main() -> None:
         cascade, cos, extra = run_imgaudit(rows, set_dir, Path(tmp), args.threads)
     results = [cascade, cos, legacy, rank]
     md = table(results)
-    speed = (f"\nIngest: imgaudit {cascade['images_per_s']:.1f} images/s (decode + hashes + embedding + lookup + "
-             f"store + index) vs bare imagehash pHash loop {legacy['images_per_s']:.1f} images/s over the same "
-             f"{counts['ref']} reference JPEGs: ratio {cascade['images_per_s'] / legacy['images_per_s']:.2f}×. "
-             f"Check: {cascade['check_images_per_s']:.1f} images/s.\nIngest stage seconds: "
-             f"{cascade['ingest_timings']}\n")
+    speed = (
+        f"\nIngest: imgaudit {cascade['images_per_s']:.1f} images/s (decode + hashes + embedding + lookup + "
+        f"store + index) vs bare imagehash pHash loop {legacy['images_per_s']:.1f} images/s over the same "
+        f"{counts['ref']} reference JPEGs: ratio {cascade['images_per_s'] / legacy['images_per_s']:.2f}×. "
+        f"Check: {cascade['check_images_per_s']:.1f} images/s.\nIngest stage seconds: "
+        f"{cascade['ingest_timings']}\n"
+    )
     print(md + speed)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dedup.json").write_text(json.dumps({"results": results, **extra}, indent=1, default=str))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 from imgaudit.config import Settings
@@ -16,9 +16,12 @@ from imgaudit.store.thumbs import ThumbStore
 
 
 def build_encoder(settings: Settings) -> VisualEncoder:
-    return VisualEncoder.from_cache(settings.cache_dir, threads=settings.models.threads,
-                                    input_size=settings.models.input_size,
-                                    batch_size=settings.models.batch_size)
+    return VisualEncoder.from_cache(
+        settings.cache_dir,
+        threads=settings.models.threads,
+        input_size=settings.models.input_size,
+        batch_size=settings.models.batch_size,
+    )
 
 
 @contextmanager
@@ -28,13 +31,19 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
     store = SqlStore(settings.store_url)
     encoder = encoder or build_encoder(settings)
     descriptor = descriptor_id(encoder)
-    factory = partial(new_indexes, settings.index.backend, DESCRIPTOR_DIM,
-                      exact_below=settings.index.exact_below, nprobe=settings.index.nprobe)
+    factory = partial(
+        new_indexes,
+        settings.index.backend,
+        DESCRIPTOR_DIM,
+        exact_below=settings.index.exact_below,
+        nprobe=settings.index.nprobe,
+    )
     indexes = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
     thumbs = ThumbStore(settings.data_dir / "thumbs")
     pipeline = Pipeline(settings, store, indexes, encoder, thumbs)
-    service = DedupService(settings, store, indexes, pipeline, thumbs, settings.data_dir / "index",
-                           descriptor, factory)
+    service = DedupService(
+        settings, store, indexes, pipeline, thumbs, settings.data_dir / "index", descriptor, factory
+    )
     try:
         service.reconcile()
         yield service

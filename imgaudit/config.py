@@ -31,9 +31,13 @@ class FetchSettings(BaseModel):
     concurrency: int = Field(10, ge=1, le=256, description="Parallel downloads.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
     read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for each chunk of the body.")
-    total_timeout: float = Field(60.0, gt=0, description="Seconds for a whole download, slow servers included.")
+    total_timeout: float = Field(
+        60.0, gt=0, description="Seconds for a whole download, slow servers included."
+    )
     retries: int = Field(2, ge=0, le=10, description="Extra attempts for retryable failures (5xx, timeouts).")
-    backoff: float = Field(0.5, ge=0, description="Base of the exponential back-off between attempts, seconds.")
+    backoff: float = Field(
+        0.5, ge=0, description="Base of the exponential back-off between attempts, seconds."
+    )
     max_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Refuse bodies larger than this.")
     max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed; each target is checked.")
     cdn_base: str = Field("", description="Prefix joined to relative image URLs (cdn_base + image_url).")
@@ -77,7 +81,7 @@ class DedupSettings(BaseModel):
         0.60,
         ge=-1,
         le=1,
-        description="Cosine at or above which (and below embed_duplicate) local-feature verification decides.",
+        description="Cosine from which (up to embed_duplicate) local-feature verification decides.",
     )
     verify_min_inliers: int = Field(
         20, ge=4, description="RANSAC homography inliers needed to confirm a borderline match."
@@ -92,7 +96,9 @@ class IndexSettings(BaseModel):
 
     backend: str = Field("faiss", description="Vector index backend: 'faiss' or 'memory' (brute force).")
     exact_below: int = Field(
-        50_000, ge=0, description="Collections smaller than this use exact search; larger ones go approximate."
+        50_000,
+        ge=0,
+        description="Collections smaller than this use exact search; larger ones go approximate.",
     )
     nprobe: int = Field(16, ge=1, description="Inverted lists probed per query by the approximate index.")
 

@@ -95,11 +95,15 @@ class Pipeline:
         if isinstance(data, ImgauditError):
             return Analysed(error=data)
         try:
-            d = decode(data, max_pixels=self.settings.decode.max_pixels, max_side=self.settings.decode.max_side)
+            d = decode(
+                data, max_pixels=self.settings.decode.max_pixels, max_side=self.settings.decode.max_side
+            )
         except MediaError as exc:
             return Analysed(error=exc)
-        return Analysed(decoded=d, signals=DedupSignals(d.sha256, pixel_sha256(d.pixels), phash(d.pixels),
-                                                        np.empty(0, np.float32)))
+        return Analysed(
+            decoded=d,
+            signals=DedupSignals(d.sha256, pixel_sha256(d.pixels), phash(d.pixels), np.empty(0, np.float32)),
+        )
 
     def analyse(self, blobs: Sequence[bytes | ImgauditError], timings: dict[str, float]) -> list[Analysed]:
         t = time.perf_counter()
@@ -139,8 +143,12 @@ class Pipeline:
             v = vectors.vector(image_id)
             return float(v @ signals.embedding) if v is not None else -1.0
 
-        return Lookups(exact, [(int(i), int(d)) for i, d in zip(hids[0], dists[0], strict=True) if i >= 0],
-                       neighbours, cosine_of)
+        return Lookups(
+            exact,
+            [(int(i), int(d)) for i, d in zip(hids[0], dists[0], strict=True) if i >= 0],
+            neighbours,
+            cosine_of,
+        )
 
     def decide_one(self, a: Analysed, batch_exact: dict[str, tuple[int, Stage]]) -> Verdict:
         assert a.signals is not None and a.decoded is not None

@@ -24,8 +24,12 @@ class FakeVisualSession:
         self.calls += 1
         x = inputs["pixels"] * INPUT_STD + INPUT_MEAN  # back to 0..255, (n, 3, h, w)
         n = x.shape[0]
-        thumbs = np.stack([cv2.resize(im.transpose(1, 2, 0), (16, 16), interpolation=cv2.INTER_AREA)
-                           for im in x]).reshape(n, -1) / 255.0
+        thumbs = (
+            np.stack(
+                [cv2.resize(im.transpose(1, 2, 0), (16, 16), interpolation=cv2.INTER_AREA) for im in x]
+            ).reshape(n, -1)
+            / 255.0
+        )
         thumbs -= thumbs.mean(axis=1, keepdims=True)
         feats = np.maximum(thumbs @ self.projection, 0) + 1e-3
         features = feats.reshape(n, DESCRIPTOR_DIM, 1, 1).astype(np.float32)
@@ -43,9 +47,11 @@ def textured_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image
     corners for ORB."""
     rng = np.random.default_rng(seed)
     w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([(np.sin(xx / rng.uniform(8, 40) + rng.uniform(0, 6)) * 60 + rng.uniform(60, 190))
-                     for _ in range(3)], axis=-1)
+    _, xx = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [(np.sin(xx / rng.uniform(8, 40) + rng.uniform(0, 6)) * 60 + rng.uniform(60, 190)) for _ in range(3)],
+        axis=-1,
+    )
     im = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for _ in range(25):

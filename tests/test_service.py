@@ -28,8 +28,14 @@ def make_folder(root: Path, n: int = 6) -> dict[str, str | None]:
     (root / "z_o1_copy.jpg").write_bytes((root / "o1.jpg").read_bytes())
     Image.open(root / "o2.jpg").resize((240, 180)).save(root / "z_o2_small.jpg", quality=60)
     ImageOps.mirror(Image.open(root / "o3.jpg")).save(root / "z_o3_mirror.jpg", quality=85)
-    answers.update({"z_o0_png.png": "o0.jpg", "z_o1_copy.jpg": "o1.jpg", "z_o2_small.jpg": "o2.jpg",
-                    "z_o3_mirror.jpg": "o3.jpg"})
+    answers.update(
+        {
+            "z_o0_png.png": "o0.jpg",
+            "z_o1_copy.jpg": "o1.jpg",
+            "z_o2_small.jpg": "o2.jpg",
+            "z_o3_mirror.jpg": "o3.jpg",
+        }
+    )
     (root / "zz_truncated.jpg").write_bytes((root / "o4.jpg").read_bytes()[:500])
     (root / "zz_text.jpg").write_text("not an image")
     return answers
@@ -43,8 +49,9 @@ def run(settings: Settings, folder: Path, encoder: VisualEncoder):
         return summary, pairs, svc.store.counts(), len(svc.indexes)
 
 
-def test_ingest_finds_copies_and_records_failures(settings: Settings, tmp_path: Path,
-                                                   fake_encoder: VisualEncoder) -> None:
+def test_ingest_finds_copies_and_records_failures(
+    settings: Settings, tmp_path: Path, fake_encoder: VisualEncoder
+) -> None:
     folder = tmp_path / "imgs"
     answers = make_folder(folder)
     summary, pairs, counts, indexed = run(settings, folder, fake_encoder)
@@ -59,8 +66,9 @@ def test_ingest_finds_copies_and_records_failures(settings: Settings, tmp_path: 
         assert answers[name] == orig
 
 
-def test_ingest_is_resumable_and_index_survives_restart(settings: Settings, tmp_path: Path,
-                                                        fake_encoder: VisualEncoder) -> None:
+def test_ingest_is_resumable_and_index_survives_restart(
+    settings: Settings, tmp_path: Path, fake_encoder: VisualEncoder
+) -> None:
     folder = tmp_path / "imgs"
     make_folder(folder)
     with dedup_service(settings, fake_encoder) as svc:
@@ -80,8 +88,9 @@ def test_ingest_is_resumable_and_index_survives_restart(settings: Settings, tmp_
     assert fake_encoder.session.calls == calls_before  # nothing re-embedded
 
 
-def test_index_is_rebuilt_from_the_store_when_files_are_lost(settings: Settings, tmp_path: Path,
-                                                             fake_encoder: VisualEncoder) -> None:
+def test_index_is_rebuilt_from_the_store_when_files_are_lost(
+    settings: Settings, tmp_path: Path, fake_encoder: VisualEncoder
+) -> None:
     folder = tmp_path / "imgs"
     make_folder(folder)
     run(settings, folder, fake_encoder)
@@ -90,8 +99,11 @@ def test_index_is_rebuilt_from_the_store_when_files_are_lost(settings: Settings,
     with dedup_service(settings, fake_encoder) as svc:
         assert len(svc.indexes) == svc.store.count_indexed() == 6
         scores, ids = svc.indexes.vectors.search(
-            svc.pipeline.analyse([(folder / "o5.jpg").read_bytes()], {"decode+hash": 0, "embed": 0})[0]
-            .signals.embedding[None, :], 1)
+            svc.pipeline.analyse([(folder / "o5.jpg").read_bytes()], {"decode+hash": 0, "embed": 0})[
+                0
+            ].signals.embedding[None, :],
+            1,
+        )
         assert svc.store.get(int(ids[0][0])).uri.endswith("o5.jpg") and scores[0][0] > 0.99
 
 

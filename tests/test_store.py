@@ -28,8 +28,9 @@ def signals(i: int) -> DedupSignals:
 
 def complete(item_id: int, i: int, decision=Decision.UNIQUE, dup=None) -> Completion:
     stage = Stage.NONE if decision == Decision.UNIQUE else Stage.EMBEDDING
-    return Completion(item_id, signals(i), Verdict(decision, stage, 0.9, dup), "JPEG", 10, 20,
-                      decision == Decision.UNIQUE)
+    return Completion(
+        item_id, signals(i), Verdict(decision, stage, 0.9, dup), "JPEG", 10, 20, decision == Decision.UNIQUE
+    )
 
 
 def test_enqueue_skips_known_uris(store: SqlStore) -> None:
@@ -80,7 +81,11 @@ def test_failures_retry_until_permanent(store: SqlStore) -> None:
     store.finish([], [Failure(slow.id, FetchTimeout()), Failure(bad.id, CorruptImage("truncated"))], 2)
     assert store.get(slow.id).status == Status.FAILED_RETRYABLE
     rec = store.get(bad.id)
-    assert rec.status == Status.FAILED_PERMANENT and rec.error_reason == "corrupt" and "truncated" in rec.last_error
+    assert (
+        rec.status == Status.FAILED_PERMANENT
+        and rec.error_reason == "corrupt"
+        and "truncated" in rec.last_error
+    )
     assert store.claim("w", 2, 60) == []  # back-off not over yet
     with store._session() as s, s.begin():
         s.execute(update(ImageRow).values(available_at=utcnow()))

@@ -17,8 +17,11 @@ from rich.table import Table
 from imgaudit.config import Settings, config_file_in_use, load_settings
 from imgaudit.errors import ImgauditError
 
-app = typer.Typer(help="imgaudit: image review for e-commerce content.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="imgaudit: image review for e-commerce content.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
 index_app = typer.Typer(help="Maintain the vector and hash indexes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -27,8 +30,9 @@ app.add_typer(index_app, name="index")
 console = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True,
-                                                dir_okay=False)]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True, dir_okay=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout, for scripts.")]
 
 T = TypeVar("T")
@@ -55,7 +59,7 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
-def _service(settings: Settings):  # noqa: ANN202
+def _service(settings: Settings):
     from imgaudit.bootstrap import dedup_service
 
     return dedup_service(settings)
@@ -64,8 +68,13 @@ def _service(settings: Settings):  # noqa: ANN202
 def _with_progress(total: int, label: str, fn: Callable[[Callable[[int], None]], T], quiet: bool) -> T:
     if quiet:
         return fn(lambda n: None)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(label, total=total, rate="")
 
@@ -80,7 +89,9 @@ def _with_progress(total: int, label: str, fn: Callable[[Callable[[int], None]],
 
 @app.command()
 def ingest(
-    target: Annotated[str, typer.Argument(help="A folder (recursive), an image file, or a .txt list of URLs.")],
+    target: Annotated[
+        str, typer.Argument(help="A folder (recursive), an image file, or a .txt list of URLs.")
+    ],
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     batch_size: Annotated[int, typer.Option(help="Images per pipeline batch.")] = 64,
@@ -101,15 +112,20 @@ def ingest(
             if not as_json:
                 console.print(f"queued {added} new, {known} already known; {todo} to process")
             summary = _with_progress(
-                todo, "ingest",
-                lambda step: svc.process_queue(lambda n, _r: step(n), batch_size=batch_size), as_json)
+                todo,
+                "ingest",
+                lambda step: svc.process_queue(lambda n, _r: step(n), batch_size=batch_size),
+                as_json,
+            )
             summary.enqueued, summary.skipped_known = added, known
         if as_json:
             _emit({"event": "ingest", **summary.as_dict()})
         else:
-            out.print(f"processed {summary.processed} in {summary.seconds:.1f}s "
-                      f"({summary.images_per_second:.1f} img/s): {summary.duplicates} duplicates, "
-                      f"{summary.failed} failed")
+            out.print(
+                f"processed {summary.processed} in {summary.seconds:.1f}s "
+                f"({summary.images_per_second:.1f} img/s): {summary.duplicates} duplicates, "
+                f"{summary.failed} failed"
+            )
             if summary.errors:
                 out.print("failures: " + ", ".join(f"{k} {v}" for k, v in summary.errors.most_common()))
 
@@ -125,8 +141,12 @@ def check(
 
     with _errors():
         settings = _settings(config)
-        refs = [ImageRef(i, "url") if i.startswith(("http://", "https://")) else
-                ImageRef(str(Path(i).resolve()), "path") for i in images]
+        refs = [
+            ImageRef(i, "url")
+            if i.startswith(("http://", "https://"))
+            else ImageRef(str(Path(i).resolve()), "path")
+            for i in images
+        ]
         with _service(settings) as svc:
             results = svc.check(refs)
         failed = False
@@ -137,9 +157,14 @@ def check(
                 row.update(status="failed", error_reason=r.error_reason, error=r.error)
             else:
                 v = r.verdict
-                row.update(decision=v.decision.value, stage=v.stage.value, score=v.score,
-                           duplicate_of=v.duplicate_of, original=r.original.uri if r.original else None,
-                           detail=v.detail)
+                row.update(
+                    decision=v.decision.value,
+                    stage=v.stage.value,
+                    score=v.score,
+                    duplicate_of=v.duplicate_of,
+                    original=r.original.uri if r.original else None,
+                    detail=v.detail,
+                )
             if as_json:
                 _emit(row)
             elif r.verdict is None:
@@ -147,8 +172,10 @@ def check(
             else:
                 v = r.verdict
                 if v.decision == "duplicate":
-                    out.print(f"{r.ref.uri}: [yellow]duplicate[/yellow] of #{v.duplicate_of} "
-                              f"{row['original']} (score {v.score:.3f}, stage {v.stage.value})")
+                    out.print(
+                        f"{r.ref.uri}: [yellow]duplicate[/yellow] of #{v.duplicate_of} "
+                        f"{row['original']} (score {v.score:.3f}, stage {v.stage.value})"
+                    )
                 else:
                     near = f", nearest cosine {v.score:.3f}" if v.score is not None else ""
                     out.print(f"{r.ref.uri}: [green]unique[/green]{near}")
@@ -158,8 +185,12 @@ def check(
 
 @app.command()
 def search(
-    image: Annotated[Path, typer.Option("--image", help="Find indexed images that look like this one.",
-                                        exists=True, dir_okay=False)],
+    image: Annotated[
+        Path,
+        typer.Option(
+            "--image", help="Find indexed images that look like this one.", exists=True, dir_okay=False
+        ),
+    ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many results.")] = 10,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -196,8 +227,12 @@ def stats(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             store.close()
         decided = sum(counts["decision"].values())
         dup = counts["decision"].get("duplicate", 0)
-        data = {**counts, "indexed": indexed, "total": sum(counts["status"].values()),
-                "duplicate_rate": round(dup / decided, 4) if decided else 0.0}
+        data = {
+            **counts,
+            "indexed": indexed,
+            "total": sum(counts["status"].values()),
+            "duplicate_rate": round(dup / decided, 4) if decided else 0.0,
+        }
         if as_json:
             _emit(data)
             return
@@ -259,28 +294,35 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where samples, data and the report go.")] = Path("demo"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where samples, data and the report go.")] = Path(
+        "demo"
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """Build a sample set offline, ingest it, print the duplicate pairs and write an HTML report."""
+    from imgaudit.bootstrap import dedup_service
     from imgaudit.services.demo import run_demo
 
     with _errors():
-        result = _with_progress(0, "demo", lambda step: run_demo(out_dir, step), True)
+        result = run_demo(out_dir, dedup_service)
         if as_json:
             _emit({"event": "demo", **result})
             return
         out.print(f"samples: {result['samples']} images in {result['sample_dir']}")
         s = result["summary"]
-        out.print(f"ingested {s['processed']} in {s['seconds']}s ({s['images_per_second']} img/s), "
-                  f"{s['duplicates']} duplicates, {s['failed']} failed")
+        out.print(
+            f"ingested {s['processed']} in {s['seconds']}s ({s['images_per_second']} img/s), "
+            f"{s['duplicates']} duplicates, {s['failed']} failed"
+        )
         table = Table("duplicate", "original", "score", "stage")
         for p in result["pairs"]:
             table.add_row(p["duplicate"], p["original"], f"{p['score']:.3f}", p["stage"])
         out.print(table)
         e = result["evaluation"]
-        out.print(f"against the known answers: {e['true_positives']} right, {e['false_positives']} wrong, "
-                  f"{e['missed']} missed")
+        out.print(
+            f"against the known answers: {e['true_positives']} right, {e['false_positives']} wrong, "
+            f"{e['missed']} missed"
+        )
         out.print(f"report: {result['report']}")
 
 

@@ -95,7 +95,9 @@ class BruteForceVectorIndex:
 
     def save(self, path: Path) -> None:
         keys = np.fromiter(self._vectors.keys(), np.int64)
-        vecs = np.stack(list(self._vectors.values())) if self._vectors else np.zeros((0, self.dim), np.float32)
+        vecs = (
+            np.stack(list(self._vectors.values())) if self._vectors else np.zeros((0, self.dim), np.float32)
+        )
         with open(path, "wb") as f:
             np.savez(f, ids=keys, vectors=vecs)
 

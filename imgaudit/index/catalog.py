@@ -53,7 +53,9 @@ def save_indexes(indexes: Indexes, directory: Path, *, descriptor: str) -> None:
     (directory / META_FILE).write_text(json.dumps(meta))
 
 
-def load_indexes(directory: Path, dim: int, *, descriptor: str, exact_below: int, nprobe: int) -> Indexes | None:
+def load_indexes(
+    directory: Path, dim: int, *, descriptor: str, exact_below: int, nprobe: int
+) -> Indexes | None:
     """The persisted FAISS indexes, or None when absent or made for another descriptor."""
     from imgaudit.index.faiss_index import FaissHashIndex, FaissVectorIndex
 

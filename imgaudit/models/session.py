@@ -30,7 +30,7 @@ class OrtSession:
         self._session = None
         self._lock = threading.Lock()
 
-    def _load(self):  # noqa: ANN202 - onnxruntime type
+    def _load(self):
         if self._session is None:
             with self._lock:
                 if self._session is None:

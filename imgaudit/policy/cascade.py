@@ -51,20 +51,32 @@ def decide(lookups: Lookups, verify: Verifier, cfg: DedupSettings) -> Verdict:
         # flat images share hashes without being copies.
         cos = lookups.cosine_of(cand)
         if cos >= cfg.embed_verify:
-            return Verdict(Decision.DUPLICATE, Stage.PHASH, round(max(cos, cfg.embed_duplicate), 6), cand,
-                           {"hamming": dist, "cosine": round(cos, 6)})
+            return Verdict(
+                Decision.DUPLICATE,
+                Stage.PHASH,
+                round(max(cos, cfg.embed_duplicate), 6),
+                cand,
+                {"hamming": dist, "cosine": round(cos, 6)},
+            )
 
     if lookups.neighbours:
         best, cos = lookups.neighbours[0]
         if cos >= cfg.embed_duplicate:
-            return Verdict(Decision.DUPLICATE, Stage.EMBEDDING, round(cos, 6), best, {"cosine": round(cos, 6)})
+            return Verdict(
+                Decision.DUPLICATE, Stage.EMBEDDING, round(cos, 6), best, {"cosine": round(cos, 6)}
+            )
     band = [(c, s) for c, s in lookups.neighbours if cfg.embed_verify <= s < cfg.embed_duplicate]
     best_rejected: tuple[int, float, int] | None = None
     for cand, cos in band[: cfg.verify_candidates]:
         n = verify(cand)
         if n >= cfg.verify_min_inliers:
-            return Verdict(Decision.DUPLICATE, Stage.VERIFIED, round(match_score(cos, n, cfg), 6), cand,
-                           {"cosine": round(cos, 6), "inliers": n})
+            return Verdict(
+                Decision.DUPLICATE,
+                Stage.VERIFIED,
+                round(match_score(cos, n, cfg), 6),
+                cand,
+                {"cosine": round(cos, 6), "inliers": n},
+            )
         if best_rejected is None:
             best_rejected = (cand, cos, n)
     if lookups.neighbours:

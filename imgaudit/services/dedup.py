@@ -10,8 +10,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from imgaudit.config import Settings
 from imgaudit.index.catalog import Indexes, load_indexes, save_indexes
 from imgaudit.pipeline import BatchReport, Pipeline
@@ -41,11 +39,16 @@ class IngestSummary:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "enqueued": self.enqueued, "skipped_known": self.skipped_known, "processed": self.processed,
-            "duplicates": self.duplicates, "failed": self.failed, "seconds": round(self.seconds, 3),
+            "enqueued": self.enqueued,
+            "skipped_known": self.skipped_known,
+            "processed": self.processed,
+            "duplicates": self.duplicates,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "duplicate_stages": dict(self.stages), "errors": dict(self.errors),
+            "duplicate_stages": dict(self.stages),
+            "errors": dict(self.errors),
         }
 
 
@@ -62,9 +65,17 @@ Progress = Callable[[int, BatchReport], None]
 
 
 class DedupService:
-    def __init__(self, settings: Settings, store: Store, indexes: Indexes, pipeline: Pipeline,
-                 thumbs: ThumbStore, index_dir: Path, descriptor: str,
-                 index_factory: Callable[[], Indexes]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        indexes: Indexes,
+        pipeline: Pipeline,
+        thumbs: ThumbStore,
+        index_dir: Path,
+        descriptor: str,
+        index_factory: Callable[[], Indexes],
+    ) -> None:
         self.settings = settings
         self.store = store
         self.indexes = indexes
@@ -103,8 +114,9 @@ class DedupService:
     def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]:
         return self.store.enqueue(refs, source)
 
-    def process_queue(self, progress: Progress | None = None, batch_size: int = INGEST_BATCH,
-                      limit: int | None = None) -> IngestSummary:
+    def process_queue(
+        self, progress: Progress | None = None, batch_size: int = INGEST_BATCH, limit: int | None = None
+    ) -> IngestSummary:
         """Claim and process until the queue is empty (items whose back-off has not passed wait)."""
         summary = IngestSummary()
         start = last_save = time.perf_counter()
@@ -147,9 +159,15 @@ class DedupService:
         originals = self.store.get_many([v.duplicate_of for v, _ in pairs if v and v.duplicate_of])
         for ref, (verdict, analysed) in zip(refs, pairs, strict=True):
             err = analysed.error
-            results.append(CheckResult(ref, verdict, originals.get(verdict.duplicate_of) if verdict and
-                                       verdict.duplicate_of else None,
-                                       err.message if err else None, err.reason if err else None))
+            results.append(
+                CheckResult(
+                    ref,
+                    verdict,
+                    originals.get(verdict.duplicate_of) if verdict and verdict.duplicate_of else None,
+                    err.message if err else None,
+                    err.reason if err else None,
+                )
+            )
         return results
 
     def similar(self, ref: ImageRef, k: int) -> list[tuple[ItemRecord, float]]:
@@ -167,6 +185,11 @@ class DedupService:
 def open_indexes(settings: Settings, descriptor: str, dim: int, factory: Callable[[], Indexes]) -> Indexes:
     loaded = None
     if settings.index.backend == "faiss":
-        loaded = load_indexes(settings.data_dir / "index", dim, descriptor=descriptor,
-                              exact_below=settings.index.exact_below, nprobe=settings.index.nprobe)
+        loaded = load_indexes(
+            settings.data_dir / "index",
+            dim,
+            descriptor=descriptor,
+            exact_below=settings.index.exact_below,
+            nprobe=settings.index.nprobe,
+        )
     return loaded or factory()

@@ -16,9 +16,22 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 # Photographic images shipped inside the scikit-image wheel (no download needed).
 PHOTOS = [
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
-    "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
-    "page.png", "retina.jpg", "rocket.jpg", "text.png",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
 ]
 
 
@@ -48,8 +61,7 @@ def _caption(im: Image.Image, rng: random.Random) -> Image.Image:
     w, h = im.size
     size = max(12, h // 12)
     draw.rectangle((0, h - size * 2, w, h), fill=(0, 0, 0))
-    draw.text((size // 2, h - size * 1.7), "SALE -50% www.example.shop", fill=(255, 255, 0),
-              font_size=size)
+    draw.text((size // 2, h - size * 1.7), "SALE -50% www.example.shop", fill=(255, 255, 0), font_size=size)
     return im
 
 

@@ -20,7 +20,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        def _on_connect(dbapi_conn, _record) -> None:
             dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below drive transactions
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -29,14 +29,14 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn) -> None:  # noqa: ANN001
+        def _on_begin(conn) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def alembic_config(url: str):  # noqa: ANN201 - alembic.config.Config
+def alembic_config(url: str):
     from alembic.config import Config
 
     cfg = Config()

@@ -100,7 +100,9 @@ def unpack_embedding(b: bytes) -> np.ndarray:
 class Store(Protocol):
     def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]: ...
     def claim(self, worker: str, limit: int, lease_seconds: int) -> list[Claimed]: ...
-    def finish(self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int) -> None: ...
+    def finish(
+        self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int
+    ) -> None: ...
     def release(self, ids: Sequence[int]) -> None: ...
     def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None: ...
     def get(self, item_id: int) -> ItemRecord: ...
@@ -147,9 +149,21 @@ class SqlStore:
                 for h, r in hashes.items():
                     if h in known:
                         continue
-                    s.add(ImageRow(source=source, kind=r.kind, uri=r.uri, uri_hash=h,
-                                   external_key=r.external_key, status=Status.QUEUED, attempts=0,
-                                   available_at=now, created_at=now, updated_at=now, indexed=0))
+                    s.add(
+                        ImageRow(
+                            source=source,
+                            kind=r.kind,
+                            uri=r.uri,
+                            uri_hash=h,
+                            external_key=r.external_key,
+                            status=Status.QUEUED,
+                            attempts=0,
+                            available_at=now,
+                            created_at=now,
+                            updated_at=now,
+                            indexed=0,
+                        )
+                    )
                 added += len(hashes) - len(known)
                 skipped += len(chunk) - (len(hashes) - len(known))
             chunk.clear()
@@ -181,19 +195,39 @@ class SqlStore:
                 row.updated_at = now
             return [Claimed(r.id, ImageRef(r.uri, r.kind, r.external_key), r.attempts) for r in rows]
 
-    def finish(self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int) -> None:
+    def finish(
+        self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int
+    ) -> None:
         """Write a batch's results in one transaction."""
         now = utcnow()
         with self._session() as s, s.begin():
             for c in completions:
                 v = c.verdict
-                s.execute(update(ImageRow).where(ImageRow.id == c.id).values(
-                    status=Status.DONE, sha256=c.signals.sha256, pixel_sha256=c.signals.pixel_sha256,
-                    phash=to_signed(c.signals.phash), embedding=pack_embedding(c.signals.embedding),
-                    format=c.format, width=c.width, height=c.height, decision=v.decision.value,
-                    duplicate_of=v.duplicate_of, score=v.score, stage=v.stage.value, indexed=int(c.indexed),
-                    error_reason=None, last_error=None, claimed_by=None, lease_until=None,
-                    processed_at=now, updated_at=now))
+                s.execute(
+                    update(ImageRow)
+                    .where(ImageRow.id == c.id)
+                    .values(
+                        status=Status.DONE,
+                        sha256=c.signals.sha256,
+                        pixel_sha256=c.signals.pixel_sha256,
+                        phash=to_signed(c.signals.phash),
+                        embedding=pack_embedding(c.signals.embedding),
+                        format=c.format,
+                        width=c.width,
+                        height=c.height,
+                        decision=v.decision.value,
+                        duplicate_of=v.duplicate_of,
+                        score=v.score,
+                        stage=v.stage.value,
+                        indexed=int(c.indexed),
+                        error_reason=None,
+                        last_error=None,
+                        claimed_by=None,
+                        lease_until=None,
+                        processed_at=now,
+                        updated_at=now,
+                    )
+                )
             for f in failures:
                 row = s.get(ImageRow, f.id)
                 if row is None:
@@ -213,15 +247,26 @@ class SqlStore:
         if not ids:
             return
         with self._session() as s, s.begin():
-            s.execute(update(ImageRow).where(ImageRow.id.in_(ids), ImageRow.status == Status.PROCESSING)
-                      .values(status=Status.QUEUED, claimed_by=None, lease_until=None,
-                              attempts=ImageRow.attempts - 1, updated_at=utcnow()))
+            s.execute(
+                update(ImageRow)
+                .where(ImageRow.id.in_(ids), ImageRow.status == Status.PROCESSING)
+                .values(
+                    status=Status.QUEUED,
+                    claimed_by=None,
+                    lease_until=None,
+                    attempts=ImageRow.attempts - 1,
+                    updated_at=utcnow(),
+                )
+            )
 
     def requeue_failed(self, permanent: bool = False) -> int:
         statuses = [Status.FAILED_RETRYABLE] + ([Status.FAILED_PERMANENT] if permanent else [])
         with self._session() as s, s.begin():
-            res = s.execute(update(ImageRow).where(ImageRow.status.in_(statuses)).values(
-                status=Status.QUEUED, attempts=0, available_at=utcnow(), updated_at=utcnow()))
+            res = s.execute(
+                update(ImageRow)
+                .where(ImageRow.status.in_(statuses))
+                .values(status=Status.QUEUED, attempts=0, available_at=utcnow(), updated_at=utcnow())
+            )
             return res.rowcount or 0
 
     # -- lookups ---------------------------------------------------------------------------------------
@@ -231,8 +276,12 @@ class SqlStore:
         with self._session() as s:
             for column, stage in ((ImageRow.sha256, "exact_bytes"), (ImageRow.pixel_sha256, "exact_pixels")):
                 value = sha256 if stage == "exact_bytes" else pixel_sha256
-                row = s.execute(select(ImageRow.id, ImageRow.duplicate_of).where(
-                    column == value, ImageRow.status == Status.DONE).order_by(ImageRow.id).limit(1)).first()
+                row = s.execute(
+                    select(ImageRow.id, ImageRow.duplicate_of)
+                    .where(column == value, ImageRow.status == Status.DONE)
+                    .order_by(ImageRow.id)
+                    .limit(1)
+                ).first()
                 if row is not None:
                     return (row.duplicate_of or row.id), stage
         return None
@@ -259,14 +308,20 @@ class SqlStore:
         last = 0
         while True:
             with self._session() as s:
-                rows = s.execute(select(ImageRow.id, ImageRow.phash, ImageRow.embedding)
-                                 .where(ImageRow.indexed == 1, ImageRow.id > last)
-                                 .order_by(ImageRow.id).limit(batch)).all()
+                rows = s.execute(
+                    select(ImageRow.id, ImageRow.phash, ImageRow.embedding)
+                    .where(ImageRow.indexed == 1, ImageRow.id > last)
+                    .order_by(ImageRow.id)
+                    .limit(batch)
+                ).all()
             if not rows:
                 return
             last = rows[-1].id
-            yield (np.array([r.id for r in rows], np.int64), [from_signed(r.phash) for r in rows],
-                   np.stack([unpack_embedding(r.embedding) for r in rows]))
+            yield (
+                np.array([r.id for r in rows], np.int64),
+                [from_signed(r.phash) for r in rows],
+                np.stack([unpack_embedding(r.embedding) for r in rows]),
+            )
 
     def count_indexed(self) -> int:
         with self._session() as s:
@@ -275,20 +330,38 @@ class SqlStore:
     def counts(self) -> dict[str, dict[str, int]]:
         with self._session() as s:
             by_status = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
-            by_decision = dict(s.execute(select(ImageRow.decision, func.count())
-                                         .where(ImageRow.decision.is_not(None)).group_by(ImageRow.decision)).all())
-            by_stage = dict(s.execute(select(ImageRow.stage, func.count())
-                                      .where(ImageRow.decision == "duplicate").group_by(ImageRow.stage)).all())
-            by_error = dict(s.execute(select(ImageRow.error_reason, func.count())
-                                      .where(ImageRow.error_reason.is_not(None))
-                                      .group_by(ImageRow.error_reason)).all())
+            by_decision = dict(
+                s.execute(
+                    select(ImageRow.decision, func.count())
+                    .where(ImageRow.decision.is_not(None))
+                    .group_by(ImageRow.decision)
+                ).all()
+            )
+            by_stage = dict(
+                s.execute(
+                    select(ImageRow.stage, func.count())
+                    .where(ImageRow.decision == "duplicate")
+                    .group_by(ImageRow.stage)
+                ).all()
+            )
+            by_error = dict(
+                s.execute(
+                    select(ImageRow.error_reason, func.count())
+                    .where(ImageRow.error_reason.is_not(None))
+                    .group_by(ImageRow.error_reason)
+                ).all()
+            )
         return {"status": by_status, "decision": by_decision, "duplicate_stage": by_stage, "error": by_error}
 
     def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]:
         original = aliased(ImageRow)
         with self._session() as s:
-            q = (select(ImageRow, original).join(original, ImageRow.duplicate_of == original.id)
-                 .where(ImageRow.decision == "duplicate").order_by(ImageRow.id))
+            q = (
+                select(ImageRow, original)
+                .join(original, ImageRow.duplicate_of == original.id)
+                .where(ImageRow.decision == "duplicate")
+                .order_by(ImageRow.id)
+            )
             if limit:
                 q = q.limit(limit)
             return [(_record(a), _record(b)) for a, b in s.execute(q).all()]
@@ -301,10 +374,25 @@ class SqlStore:
 
 def _record(r: ImageRow) -> ItemRecord:
     return ItemRecord(
-        id=r.id, source=r.source, uri=r.uri, kind=r.kind, external_key=r.external_key, status=r.status,
-        attempts=r.attempts, error_reason=r.error_reason, last_error=r.last_error, sha256=r.sha256,
-        format=r.format, width=r.width, height=r.height,
-        phash=from_signed(r.phash) if r.phash is not None else None, decision=r.decision,
-        duplicate_of=r.duplicate_of, score=r.score, stage=r.stage, indexed=bool(r.indexed),
-        created_at=r.created_at, processed_at=r.processed_at,
+        id=r.id,
+        source=r.source,
+        uri=r.uri,
+        kind=r.kind,
+        external_key=r.external_key,
+        status=r.status,
+        attempts=r.attempts,
+        error_reason=r.error_reason,
+        last_error=r.last_error,
+        sha256=r.sha256,
+        format=r.format,
+        width=r.width,
+        height=r.height,
+        phash=from_signed(r.phash) if r.phash is not None else None,
+        decision=r.decision,
+        duplicate_of=r.duplicate_of,
+        score=r.score,
+        stage=r.stage,
+        indexed=bool(r.indexed),
+        created_at=r.created_at,
+        processed_at=r.processed_at,
     )

@@ -1,0 +1,3 @@
+from imgaudit.cli.main import app
+
+app(prog_name="imgaudit")
