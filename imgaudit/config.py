@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,7 +25,13 @@ from imgaudit.errors import ConfigError
 DEFAULT_CONFIG_FILE = "imgaudit.toml"
 
 
-class FetchSettings(BaseModel):
+class _Group(BaseModel):
+    """A settings group: a misspelt key is an error, not a silently ignored line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FetchSettings(_Group):
     """Downloading images over HTTP(S)."""
 
     concurrency: int = Field(10, ge=1, le=256, description="Parallel downloads.")
@@ -50,7 +56,7 @@ class FetchSettings(BaseModel):
     user_agent: str = Field("imgaudit/0.1", description="User-Agent header sent with downloads.")
 
 
-class DecodeSettings(BaseModel):
+class DecodeSettings(_Group):
     """Safe image decoding."""
 
     max_pixels: int = Field(
@@ -64,7 +70,7 @@ class DecodeSettings(BaseModel):
     )
 
 
-class DedupSettings(BaseModel):
+class DedupSettings(_Group):
     """The decision cascade: exact -> pHash -> embedding -> geometric verification.
 
     Defaults come from ``bench/dedup.py`` (see README: "Choosing the thresholds").
@@ -91,7 +97,7 @@ class DedupSettings(BaseModel):
     index_duplicates: bool = Field(False, description="Also add duplicates to the vector index.")
 
 
-class IndexSettings(BaseModel):
+class IndexSettings(_Group):
     """The in-process vector and hash indexes."""
 
     backend: str = Field("faiss", description="Vector index backend: 'faiss' or 'memory' (brute force).")
@@ -103,7 +109,7 @@ class IndexSettings(BaseModel):
     nprobe: int = Field(16, ge=1, description="Inverted lists probed per query by the approximate index.")
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Group):
     """Model files and inference."""
 
     batch_size: int = Field(32, ge=1, le=512, description="Images per model call.")
@@ -174,6 +180,8 @@ def _config_file_in_use() -> Path | None:
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings once; errors become a ConfigError with every problem listed."""
+    import tomllib
+
     from pydantic import ValidationError
 
     previous = os.environ.get("IMGAUDIT_CONFIG")
@@ -186,6 +194,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot read the config file {_config_file_in_use()}: {exc}") from exc
     finally:
         if config_file is not None:
             if previous is None:

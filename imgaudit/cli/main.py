@@ -27,7 +27,7 @@ index_app = typer.Typer(help="Maintain the vector and hash indexes.", no_args_is
 app.add_typer(config_app, name="config")
 app.add_typer(index_app, name="index")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
@@ -94,7 +94,7 @@ def ingest(
     ],
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
-    batch_size: Annotated[int, typer.Option(help="Images per pipeline batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per pipeline batch.", min=1, max=1024)] = 64,
 ) -> None:
     """Add images to the queue and process it: decode, hash, embed, decide unique/duplicate, index.
 
@@ -191,7 +191,7 @@ def search(
             "--image", help="Find indexed images that look like this one.", exists=True, dir_okay=False
         ),
     ],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many results.")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many results.", min=1, max=1000)] = 10,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -28,8 +28,9 @@ def run_demo(
     settings = load_settings(data_dir=out_dir / "data")
     with open_service(settings) as svc:
         svc.reset()
-        svc.enqueue(FolderSource(sample_dir).refs(), "folder")
+        enqueued, _ = svc.enqueue(FolderSource(sample_dir).refs(), "folder")
         summary = svc.process_queue((lambda n, _r: step(n)) if step else None)
+        summary.enqueued = enqueued
         pairs = svc.store.duplicate_pairs()
     found = {Path(d.uri).name: Path(o.uri).name for d, o in pairs}
     expected = {k: v for k, v in answers.items() if v not in (None, "failure")}
