@@ -34,7 +34,6 @@ from transforms import build_benchmark
 from imgaudit.bootstrap import build_encoder, dedup_service
 from imgaudit.config import load_settings
 from imgaudit.policy.cascade import decide, rank_candidates
-from imgaudit.signals import local_features
 from imgaudit.types import ImageRef
 
 LEGACY_HAMMING = 5
@@ -152,14 +151,15 @@ def run_imgaudit(rows: dict[str, dict], root: Path, work: Path, threads: int) ->
             )
             for q, a in zip(chunk, analysed, strict=True):
                 lk = pipe.lookups(a.signals, {})
-                feats: dict[str, local_features.Features] = {}
-
-                def verify(cand: int, a=a, feats=feats) -> int:
-                    if "q" not in feats:
-                        feats["q"] = local_features.extract(a.decoded.pixels)
-                    return local_features.verify(a.decoded.pixels, pipe.thumbs.get(cand), feats["q"])
+                verify = pipe.verifier(a)
 
                 v = decide(lk, verify, settings.dedup)
+                if q["role"] == "distractor" and v.duplicate_of:
+                    print(
+                        f"distractor flagged: {q['path']} ~ {store_ids[v.duplicate_of]} {v.stage} {v.score} "
+                        f"{v.detail}",
+                        file=sys.stderr,
+                    )
                 decisions[q["id"]] = store_ids.get(v.duplicate_of) if v.duplicate_of else None
                 per_query[q["id"]] = [
                     (store_ids[c], s) for c, s in rank_candidates(lk, verify, settings.dedup)

@@ -63,7 +63,7 @@ class DecodeSettings(_Group):
         64_000_000, ge=1, description="Images with more pixels are refused as decompression bombs."
     )
     max_side: int = Field(
-        640,
+        512,
         ge=64,
         description="Longest side kept after decoding; JPEGs are decoded at reduced size (draft mode) "
         "when the full resolution is not needed.",
@@ -81,16 +81,26 @@ class DedupSettings(_Group):
     )
     phash_candidates: int = Field(8, ge=1, description="Hash neighbours examined per image.")
     embed_duplicate: float = Field(
-        0.86, ge=-1, le=1, description="Embedding cosine at or above which an image is a duplicate."
+        0.92, ge=-1, le=1, description="Descriptor cosine at or above which an image is a duplicate outright."
     )
     embed_verify: float = Field(
         0.60,
         ge=-1,
         le=1,
-        description="Cosine from which (up to embed_duplicate) local-feature verification decides.",
+        description="Cosine from which (up to embed_duplicate) geometric verification decides.",
     )
     verify_min_inliers: int = Field(
-        20, ge=4, description="RANSAC homography inliers needed to confirm a borderline match."
+        12, ge=4, description="RANSAC homography inliers needed to confirm a match in the band."
+    )
+    verify_min_agreement: float = Field(
+        0.80, ge=-1, le=1, description="Median correlation of the aligned pixels needed to confirm a match."
+    )
+    verify_max_distortion: float = Field(
+        10.0,
+        ge=0,
+        le=90,
+        description="Largest corner-angle change (degrees) of the mapping between the two: digital copies "
+        "(crop, scale, rotate, mirror, pad) keep right angles; another viewpoint of the same scene does not.",
     )
     verify_candidates: int = Field(3, ge=1, description="Borderline neighbours verified per image.")
     top_k: int = Field(10, ge=1, description="Embedding neighbours retrieved per image.")

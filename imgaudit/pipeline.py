@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from imgaudit.media.fetch import Fetcher, read_local
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.policy.cascade import Lookups, decide
 from imgaudit.signals import local_features
+from imgaudit.signals.framing import content_box
 from imgaudit.signals.hashes import phash, pixel_sha256
 from imgaudit.store.repo import Claimed, Completion, Failure, Store
 from imgaudit.store.thumbs import ThumbStore
@@ -46,6 +47,12 @@ class BatchReport:
     completions: list[Completion] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+def _crop(a: Analysed) -> np.ndarray:
+    assert a.decoded is not None and a.signals is not None and a.signals.inner_box is not None
+    x0, y0, x1, y1 = a.signals.inner_box
+    return np.ascontiguousarray(a.decoded.pixels[y0:y1, x0:x1])
 
 
 class Pipeline:
@@ -102,26 +109,34 @@ class Pipeline:
             return Analysed(error=exc)
         return Analysed(
             decoded=d,
-            signals=DedupSignals(d.sha256, pixel_sha256(d.pixels), phash(d.pixels), np.empty(0, np.float32)),
+            signals=DedupSignals(
+                d.sha256,
+                pixel_sha256(d.pixels),
+                phash(d.pixels),
+                np.empty(0, np.float32),
+                inner_box=content_box(d.pixels),
+            ),
         )
 
     def analyse(self, blobs: Sequence[bytes | ImgauditError], timings: dict[str, float]) -> list[Analysed]:
         t = time.perf_counter()
         items = list(self._pool.map(self._decode_one, blobs))
         timings["decode+hash"] += time.perf_counter() - t
-        ok = [a for a in items if a.decoded is not None]
+        ok = [a for a in items if a.decoded is not None and a.signals is not None]
         if ok:
             t = time.perf_counter()
+            # One encoder call for the whole batch: every image, then the framed photos' insides.
+            framed = [a for a in ok if a.signals.inner_box is not None]  # type: ignore[union-attr]
+            views = [a.decoded.pixels for a in ok] + [_crop(a) for a in framed]  # type: ignore[union-attr]
             try:
-                out = self.encoder.encode([a.decoded.pixels for a in ok])  # type: ignore[union-attr]
+                out = self.encoder.encode(views)
             except ImgauditError as exc:
                 for a in ok:
                     a.error, a.decoded, a.signals = exc, None, None
                 return items
-            for a, emb in zip(ok, out.descriptors, strict=True):
-                s = a.signals
-                assert s is not None
-                a.signals = DedupSignals(s.sha256, s.pixel_sha256, s.phash, emb)
+            inner = dict(zip(map(id, framed), out.descriptors[len(ok) :], strict=True))
+            for a, emb in zip(ok, out.descriptors[: len(ok)], strict=True):
+                a.signals = replace(a.signals, embedding=emb, inner_embedding=inner.get(id(a)))  # type: ignore[arg-type]
             timings["embed"] += time.perf_counter() - t
         return items
 
@@ -132,16 +147,24 @@ class Pipeline:
             found = self.store.find_exact(signals.sha256, signals.pixel_sha256)
             exact = (found[0], Stage(found[1])) if found else None
         dists, hids = self.indexes.hashes.search([signals.phash], cfg.phash_candidates)
-        scores, vids = self.indexes.vectors.search(signals.embedding[None, :], cfg.top_k)
-        neighbours = [(int(i), float(s)) for i, s in zip(vids[0], scores[0], strict=True) if i >= 0]
-        known = dict(neighbours)
+        queries = [signals.embedding] + (
+            [signals.inner_embedding] if signals.inner_embedding is not None else []
+        )
+        scores, vids = self.indexes.vectors.search(np.stack(queries), cfg.top_k)
+        # A candidate's score is its best over the views (whole image, photo inside a frame).
+        known: dict[int, float] = {}
+        for row_ids, row_scores in zip(vids, scores, strict=True):
+            for i, sc in zip(row_ids.tolist(), row_scores.tolist(), strict=True):
+                if i >= 0 and sc > known.get(i, -2.0):
+                    known[i] = sc
+        neighbours = sorted(known.items(), key=lambda kv: -kv[1])[: cfg.top_k]
         vectors = self.indexes.vectors
 
         def cosine_of(image_id: int) -> float:
             if image_id in known:
                 return known[image_id]
             v = vectors.vector(image_id)
-            return float(v @ signals.embedding) if v is not None else -1.0
+            return max(float(v @ q) for q in queries) if v is not None else -1.0
 
         return Lookups(
             exact,
@@ -150,20 +173,25 @@ class Pipeline:
             cosine_of,
         )
 
-    def decide_one(self, a: Analysed, batch_exact: dict[str, tuple[int, Stage]]) -> Verdict:
+    def verifier(self, a: Analysed) -> Callable[[int], local_features.Verification]:
+        """Geometric verification of ``a`` against indexed thumbnails; query features computed once."""
         assert a.signals is not None and a.decoded is not None
-        cfg = self.settings.dedup
-        cache: dict[str, local_features.Features] = {}
+        views = [a.decoded.pixels] + ([_crop(a)] if a.signals.inner_box is not None else [])
+        features: list[local_features.Features] = []
 
-        def verify(candidate: int) -> int:
+        def verify(candidate: int) -> local_features.Verification:
             thumb = self.thumbs.get(candidate)
             if thumb is None:
-                return 0
-            if "q" not in cache:
-                cache["q"] = local_features.extract(a.decoded.pixels)  # type: ignore[union-attr]
-            return local_features.verify(a.decoded.pixels, thumb, cache["q"])  # type: ignore[union-attr]
+                return local_features.NOT_VERIFIED
+            if not features:
+                features.extend(local_features.extract(v) for v in views)
+            return local_features.verify(views, thumb, features)
 
-        return decide(self.lookups(a.signals, batch_exact), verify, cfg)
+        return verify
+
+    def decide_one(self, a: Analysed, batch_exact: dict[str, tuple[int, Stage]]) -> Verdict:
+        assert a.signals is not None
+        return decide(self.lookups(a.signals, batch_exact), self.verifier(a), self.settings.dedup)
 
     # -- a whole batch -----------------------------------------------------------------------------------
 

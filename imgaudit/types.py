@@ -66,6 +66,10 @@ class DedupSignals:
     pixel_sha256: str
     phash: int  # 64-bit DCT perceptual hash, as an unsigned int
     embedding: np.ndarray  # L2-normalised float32 copy-detection descriptor
+    # Descriptor of the photo found inside a frame (screenshot, padding), when there is one: queried
+    # beside the main descriptor, never indexed.
+    inner_embedding: np.ndarray | None = None
+    inner_box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

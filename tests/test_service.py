@@ -97,7 +97,7 @@ def test_index_is_rebuilt_from_the_store_when_files_are_lost(
     for f in (settings.data_dir / "index").iterdir():
         f.unlink()
     with dedup_service(settings, fake_encoder) as svc:
-        assert len(svc.indexes) == svc.store.count_indexed() == 6
+        assert len(svc.indexes) == svc.store.count_indexed() == svc.store.counts()["decision"]["unique"] >= 6
         scores, ids = svc.indexes.vectors.search(
             svc.pipeline.analyse([(folder / "o5.jpg").read_bytes()], {"decode+hash": 0, "embed": 0})[
                 0

@@ -56,9 +56,9 @@ class VisualEncoder:
         *,
         input_size: int = 224,
         batch_size: int = 32,
-        flip_invariant: bool = True,
+        flip_invariant: bool = False,
         pooling: str = "gem",
-        framing: str = "whole",
+        framing: str = "center",
     ) -> None:
         self.session = session
         self.input_size = input_size

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgaudit.config import DedupSettings
+from imgaudit.signals.local_features import Verification
 from imgaudit.types import Decision, Stage, Verdict
 
 
@@ -23,19 +24,24 @@ class Lookups:
     cosine_of: Callable[[int], float]  # cosine to any indexed id (for pHash candidates off the list)
 
 
-Verifier = Callable[[int], int]  # candidate id -> RANSAC inliers
+Verifier = Callable[[int], Verification]  # candidate id -> geometric verification
 
 
-def match_score(cosine: float, inliers: int | None, cfg: DedupSettings) -> float:
+def confirmed(v: Verification, cfg: DedupSettings) -> bool:
+    return v.confirms(cfg.verify_min_inliers, cfg.verify_min_agreement, cfg.verify_max_distortion)
+
+
+def match_score(cosine: float, verification: Verification | None, cfg: DedupSettings) -> float:
     """One ranking score per candidate, consistent with the decision: >= embed_duplicate iff duplicate.
 
-    Verification moves a borderline candidate either up to the duplicate threshold (confirmed) or below
-    the borderline band (rejected), keeping the cosine order within each group.
+    Verification moves a candidate of the uncertain band either up to the duplicate threshold
+    (confirmed, ordered by pixel agreement) or below the band (rejected), keeping the cosine order
+    within each group.
     """
-    if inliers is None:
+    if verification is None:
         return cosine
-    if inliers >= cfg.verify_min_inliers:
-        return max(cosine, cfg.embed_duplicate) + min(inliers, 200) * 1e-5
+    if confirmed(verification, cfg):
+        return max(cosine, cfg.embed_duplicate) + max(verification.agreement, 0) * 1e-2
     return min(cosine, cfg.embed_verify) - 1e-3
 
 
@@ -66,24 +72,25 @@ def decide(lookups: Lookups, verify: Verifier, cfg: DedupSettings) -> Verdict:
                 Decision.DUPLICATE, Stage.EMBEDDING, round(cos, 6), best, {"cosine": round(cos, 6)}
             )
     band = [(c, s) for c, s in lookups.neighbours if cfg.embed_verify <= s < cfg.embed_duplicate]
-    best_rejected: tuple[int, float, int] | None = None
+    first_rejected: Verification | None = None
     for cand, cos in band[: cfg.verify_candidates]:
-        n = verify(cand)
-        if n >= cfg.verify_min_inliers:
+        v = verify(cand)
+        detail = {
+            "cosine": round(cos, 6),
+            "inliers": v.inliers,
+            "agreement": round(v.agreement, 4),
+            "distortion": round(v.distortion, 2),
+        }
+        if confirmed(v, cfg):
             return Verdict(
-                Decision.DUPLICATE,
-                Stage.VERIFIED,
-                round(match_score(cos, n, cfg), 6),
-                cand,
-                {"cosine": round(cos, 6), "inliers": n},
+                Decision.DUPLICATE, Stage.VERIFIED, round(match_score(cos, v, cfg), 6), cand, detail
             )
-        if best_rejected is None:
-            best_rejected = (cand, cos, n)
+        first_rejected = first_rejected or v
     if lookups.neighbours:
         cand, cos = lookups.neighbours[0]
-        detail: dict[str, float] = {"nearest": cand, "cosine": round(cos, 6)}
-        if best_rejected is not None:
-            detail["inliers"] = best_rejected[2]
+        detail = {"nearest": cand, "cosine": round(cos, 6)}
+        if first_rejected is not None:
+            detail.update(inliers=first_rejected.inliers, agreement=round(first_rejected.agreement, 4))
         return Verdict(Decision.UNIQUE, Stage.NONE, round(cos, 6), None, detail)
     return Verdict(Decision.UNIQUE, Stage.NONE, None, None)
 
