@@ -191,8 +191,9 @@ def table(results: list[dict]) -> str:
         "distractors flagged | images/s |\n|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
-        f"| {r['method']} | {r['uAP']:.3f} | {r['R@P99']:.3f} | {r['R@P95']:.3f} | {r['recall@default']:.3f} | "
-        f"{r['wrong_match']} | {r['distractor_false_dup']} / {r['n_distractors']} | {r['images_per_s']:.1f} |\n"
+        f"| {r['method']} | {r['uAP']:.3f} | {r['R@P99']:.3f} | {r['R@P95']:.3f} | "
+        f"{r['recall@default']:.3f} | {r['wrong_match']} | {r['distractor_false_dup']} / "
+        f"{r['n_distractors']} | {r['images_per_s']:.1f} |\n"
         for r in results
     )
     transforms = sorted({t for r in results for t in r["per_transform"]})
