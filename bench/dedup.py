@@ -192,11 +192,17 @@ def table(results: list[dict]) -> str:
     )
     body = "".join(
         f"| {r['method']} | {r['uAP']:.3f} | {r['R@P99']:.3f} | {r['R@P95']:.3f} | "
-        f"{r['recall@default']:.3f} | {r['wrong_match']} | {r['distractor_false_dup']} / "
-        f"{r['n_distractors']} | {r['images_per_s']:.1f} |\n"
+        + (
+            f"{r['recall@default']:.3f} | {r['wrong_match']} | "
+            f"{r['distractor_false_dup']} / {r['n_distractors']}"
+            if r.get("decides", True)
+            else "– | – | –"
+        )
+        + f" | {r['images_per_s']:.1f} |\n"
         for r in results
     )
     transforms = sorted({t for r in results for t in r["per_transform"]})
+    results = [r for r in results if r.get("decides", True)]  # per-transform recall needs decisions
     per = (
         "\n| transform | "
         + " | ".join(r["method"] for r in results)
