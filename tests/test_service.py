@@ -14,6 +14,7 @@ from imgaudit.config import Settings
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.sources.files import FolderSource
 from imgaudit.testing import textured_image
+from imgaudit.types import ImageRef
 
 
 def make_folder(root: Path, n: int = 6) -> dict[str, str | None]:
@@ -142,3 +143,34 @@ def test_real_model_separates_copies_from_other_photos(real_encoder: VisualEncod
     assert np.all(sims[~np.eye(4, dtype=bool)] < 0.6)
     assert a.probabilities.argmax(axis=1)[1] == 967  # espresso
     assert np.allclose(np.linalg.norm(a.descriptors, axis=1), 1, atol=1e-5)
+
+
+def test_store_changes_after_the_last_index_save_trigger_a_rebuild(
+    settings: Settings, tmp_path: Path, fake_encoder: VisualEncoder
+) -> None:
+    """A crash between the store's commit and the index save must not leave an image unsearchable."""
+    folder = tmp_path / "imgs"
+    make_folder(folder)
+    run(settings, folder, fake_encoder)
+    late = tmp_path / "late.jpg"
+    textured_image(999, (480, 360)).save(late, quality=90)
+    with dedup_service(settings, fake_encoder) as svc:
+        svc.enqueue([ImageRef(str(late))], "folder")
+        claimed = svc.store.claim("w", 10, 60)
+        svc.pipeline.process(claimed)  # committed to the store; the index file is not saved ("crash")
+        late_id = claimed[0].id
+    with dedup_service(settings, fake_encoder) as svc:
+        assert late_id in svc.indexes.vectors
+        assert len(svc.indexes) == svc.store.count_indexed()
+
+
+def test_memory_backend_is_rebuilt_from_the_store(tmp_path: Path, fake_encoder: VisualEncoder) -> None:
+    from imgaudit.config import load_settings
+
+    settings = load_settings(data_dir=tmp_path / "data", index={"backend": "memory"})
+    folder = tmp_path / "imgs"
+    make_folder(folder)
+    _, _, counts, indexed = run(settings, folder, fake_encoder)
+    assert indexed == counts["decision"]["unique"]
+    with dedup_service(settings, fake_encoder) as svc:
+        assert len(svc.indexes) == indexed

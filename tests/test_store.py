@@ -125,3 +125,32 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
     s = SqlStore(url)
     assert s.enqueue([ImageRef("/a")], "x") == (1, 0)
     s.close()
+
+
+def test_upgrade_from_the_first_revision_keeps_rows(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from imgaudit.store.db import alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO images (source, kind, uri, uri_hash, status, attempts, indexed, available_at, "
+                "created_at, updated_at) VALUES ('f', 'path', '/old', 'h', 'queued', 0, 0, "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    assert "evidence" not in {c["name"] for c in inspect(engine).get_columns("images")}
+    engine.dispose()
+    store = SqlStore(url)  # migrates to head on open
+    assert "evidence" in {c["name"] for c in inspect(store.engine).get_columns("images")}
+    (claimed,) = store.claim("w", 5, 60)
+    assert claimed.ref.uri == "/old"
+    store.close()

@@ -45,12 +45,25 @@ def new_indexes(backend: str, dim: int, *, exact_below: int, nprobe: int) -> Ind
             raise ValueError(f"unknown index backend {backend!r} (expected 'faiss' or 'memory')")
 
 
-def save_indexes(indexes: Indexes, directory: Path, *, descriptor: str) -> None:
+def save_indexes(indexes: Indexes, directory: Path, *, descriptor: str, fingerprint: list[int]) -> None:
+    """Persist both indexes with the fingerprint of the store state they reflect."""
     directory.mkdir(parents=True, exist_ok=True)
     indexes.vectors.save(directory / VECTOR_FILE)
     indexes.hashes.save(directory / HASH_FILE)
-    meta = {"count": len(indexes), "dim": indexes.vectors.dim, "descriptor": descriptor}
+    meta = {
+        "count": len(indexes),
+        "dim": indexes.vectors.dim,
+        "descriptor": descriptor,
+        "fingerprint": fingerprint,
+    }
     (directory / META_FILE).write_text(json.dumps(meta))
+
+
+def saved_fingerprint(directory: Path) -> list[int] | None:
+    try:
+        return json.loads((directory / META_FILE).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
 
 
 def load_indexes(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgaudit.config import Settings
-from imgaudit.index.catalog import Indexes, load_indexes, save_indexes
+from imgaudit.index.catalog import Indexes, load_indexes, save_indexes, saved_fingerprint
 from imgaudit.pipeline import BatchReport, Pipeline
 from imgaudit.store.repo import ItemRecord, Store
 from imgaudit.store.thumbs import ThumbStore
@@ -89,8 +89,15 @@ class DedupService:
     # -- index life cycle --------------------------------------------------------------------------------
 
     def reconcile(self) -> bool:
-        """Make the in-memory indexes agree with the store (the source of truth); True if rebuilt."""
-        if len(self.indexes) == self.store.count_indexed() == len(self.indexes.hashes):
+        """Make the indexes agree with the store (the source of truth); True if they were rebuilt.
+
+        The saved fingerprint tells whether the store changed after the indexes were last saved (a crash
+        between the two writes, another process, a restored backup)."""
+        fingerprint = self.store.indexed_fingerprint()
+        if (
+            saved_fingerprint(self.index_dir) == fingerprint
+            and len(self.indexes) == len(self.indexes.hashes) == fingerprint[0]
+        ):
             return False
         self.rebuild_index()
         return True
@@ -107,7 +114,14 @@ class DedupService:
         return n
 
     def save(self) -> None:
-        save_indexes(self.indexes, self.index_dir, descriptor=self.descriptor)
+        if self.settings.index.backend != "faiss":  # the in-memory reference is rebuilt at each start
+            return
+        save_indexes(
+            self.indexes,
+            self.index_dir,
+            descriptor=self.descriptor,
+            fingerprint=self.store.indexed_fingerprint(),
+        )
 
     # -- ingest --------------------------------------------------------------------------------------------
 

@@ -44,9 +44,10 @@ def write_report(
     rows = []
     for dup, orig in pairs:
         detail = f"{dup.score:.3f}" if dup.score is not None else "–"
+        evidence = "<br>".join(f"{html.escape(k)} {v}" for k, v in (dup.evidence or {}).items())
         rows.append(
             f"<tr>{_cell(dup)}{_cell(orig)}<td class=score>{detail}<br><b>{html.escape(dup.stage or '')}"
-            f"</b></td></tr>"
+            f"</b><div class=ev>{evidence}</div></td></tr>"
         )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -56,6 +57,7 @@ table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.5em;vertical-align:top;text-align:center}}
 img{{max-width:{REPORT_THUMB}px;max-height:{REPORT_THUMB}px}}
 .cap{{font-size:.8em;color:#555;max-width:{REPORT_THUMB}px;word-break:break-all}} .score{{font-size:1.2em}}
+.ev{{font-size:.75em;color:#555;margin-top:.5em}}
 </style></head><body>
 <h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>
 <table><tr><th>duplicate</th><th>matched original</th><th>score / stage</th></tr>

@@ -54,6 +54,7 @@ class ItemRecord:
     duplicate_of: int | None
     score: float | None
     stage: str | None
+    evidence: dict[str, float] | None
     indexed: bool
     created_at: datetime
     processed_at: datetime | None
@@ -110,6 +111,7 @@ class Store(Protocol):
     def find_by_uri(self, uri: str) -> ItemRecord | None: ...
     def iter_indexed(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, list[int], np.ndarray]]: ...
     def count_indexed(self) -> int: ...
+    def indexed_fingerprint(self) -> list[int]: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]: ...
     def requeue_failed(self, permanent: bool = False) -> int: ...
@@ -219,6 +221,7 @@ class SqlStore:
                         duplicate_of=v.duplicate_of,
                         score=v.score,
                         stage=v.stage.value,
+                        evidence=dict(v.detail) or None,
                         indexed=int(c.indexed),
                         error_reason=None,
                         last_error=None,
@@ -327,6 +330,14 @@ class SqlStore:
         with self._session() as s:
             return int(s.scalar(select(func.count()).where(ImageRow.indexed == 1)) or 0)
 
+    def indexed_fingerprint(self) -> list[int]:
+        """[count, sum of ids] of what belongs in the indexes: cheap, and changes with any add or delete."""
+        with self._session() as s:
+            row = s.execute(
+                select(func.count(), func.coalesce(func.sum(ImageRow.id), 0)).where(ImageRow.indexed == 1)
+            ).one()
+        return [int(row[0]), int(row[1])]
+
     def counts(self) -> dict[str, dict[str, int]]:
         with self._session() as s:
             by_status = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
@@ -392,6 +403,7 @@ def _record(r: ImageRow) -> ItemRecord:
         duplicate_of=r.duplicate_of,
         score=r.score,
         stage=r.stage,
+        evidence=r.evidence,
         indexed=bool(r.indexed),
         created_at=r.created_at,
         processed_at=r.processed_at,

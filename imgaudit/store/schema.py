@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -67,6 +78,7 @@ class ImageRow(Base):
     duplicate_of: Mapped[int | None] = mapped_column(Id, ForeignKey("images.id"), index=True)
     score: Mapped[float | None] = mapped_column(Float)
     stage: Mapped[str | None] = mapped_column(String(16))
+    evidence: Mapped[dict[str, float] | None] = mapped_column(JSON)  # the verdict's detail
     indexed: Mapped[bool] = mapped_column(Integer, default=0)  # in the vector/hash indexes
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
