@@ -38,9 +38,10 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
         exact_below=settings.index.exact_below,
         nprobe=settings.index.nprobe,
     )
-    indexes = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
+    indexes, seq = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
     thumbs = ThumbStore(settings.data_dir / "thumbs")
     pipeline = Pipeline(settings, store, indexes, encoder, thumbs)
+    pipeline.synced_seq = seq
     service = DedupService(
         settings, store, indexes, pipeline, thumbs, settings.data_dir / "index", descriptor, factory
     )

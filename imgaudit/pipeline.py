@@ -26,7 +26,7 @@ from imgaudit.policy.cascade import Lookups, decide
 from imgaudit.signals import local_features
 from imgaudit.signals.framing import content_box
 from imgaudit.signals.hashes import phash, pixel_sha256
-from imgaudit.store.repo import Claimed, Completion, Failure, Store
+from imgaudit.store.repo import Claimed, Completion, Failure, IndexChange, Store
 from imgaudit.store.thumbs import ThumbStore
 from imgaudit.types import Decision, Decoded, DedupSignals, ImageRef, Stage, Verdict
 
@@ -46,7 +46,15 @@ class Analysed:
 class BatchReport:
     completions: list[Completion] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)  # leases that expired and went to another worker
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+ExactFinder = Callable[[str, str], "tuple[int, str] | None"]
+
+
+def _no_exact(sha256: str, pixel_sha256: str) -> None:
+    return None
 
 
 def _crop(a: Analysed) -> np.ndarray:
@@ -72,6 +80,7 @@ class Pipeline:
         self.encoder = encoder
         self.thumbs = thumbs
         self._pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        self.synced_seq = 0  # last index-log entry reflected in self.indexes
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -140,11 +149,16 @@ class Pipeline:
             timings["embed"] += time.perf_counter() - t
         return items
 
-    def lookups(self, signals: DedupSignals, batch_exact: dict[str, tuple[int, Stage]]) -> Lookups:
+    def lookups(
+        self,
+        signals: DedupSignals,
+        batch_exact: dict[str, tuple[int, Stage]],
+        find_exact: ExactFinder | None = None,
+    ) -> Lookups:
         cfg = self.settings.dedup
         exact = batch_exact.get("b:" + signals.sha256) or batch_exact.get("p:" + signals.pixel_sha256)
         if exact is None:
-            found = self.store.find_exact(signals.sha256, signals.pixel_sha256)
+            found = (find_exact or self.store.find_exact)(signals.sha256, signals.pixel_sha256)
             exact = (found[0], Stage(found[1])) if found else None
         dists, hids = self.indexes.hashes.search([signals.phash], cfg.phash_candidates)
         queries = [signals.embedding] + (
@@ -174,20 +188,35 @@ class Pipeline:
         )
 
     def verifier(self, a: Analysed) -> Callable[[int], local_features.Verification]:
-        """Geometric verification of ``a`` against indexed thumbnails; query features computed once."""
+        """Geometric verification of ``a`` against indexed thumbnails; query features are computed once
+        and each candidate is verified once (the result is remembered)."""
         assert a.signals is not None and a.decoded is not None
         views = [a.decoded.pixels] + ([_crop(a)] if a.signals.inner_box is not None else [])
         features: list[local_features.Features] = []
+        memo: dict[int, local_features.Verification] = {}
 
         def verify(candidate: int) -> local_features.Verification:
+            if candidate in memo:
+                return memo[candidate]
             thumb = self.thumbs.get(candidate)
             if thumb is None:
                 return local_features.NOT_VERIFIED
             if not features:
                 features.extend(local_features.extract(v) for v in views)
-            return local_features.verify(views, thumb, features)
+            memo[candidate] = local_features.verify(views, thumb, features)
+            return memo[candidate]
 
         return verify
+
+    def sync(self, changes: Sequence[IndexChange]) -> None:
+        """Apply index-log entries written by any worker since this process last looked."""
+        for ch in changes:
+            ids = np.array([ch.image_id], np.int64)
+            if ch.op == "add" and ch.embedding is not None and ch.phash is not None:
+                self.indexes.add(ids, [ch.phash], ch.embedding[None, :])
+            else:
+                self.indexes.remove(ids)
+            self.synced_seq = max(self.synced_seq, ch.seq)
 
     def decide_one(self, a: Analysed, batch_exact: dict[str, tuple[int, Stage]]) -> Verdict:
         assert a.signals is not None
@@ -195,38 +224,73 @@ class Pipeline:
 
     # -- a whole batch -----------------------------------------------------------------------------------
 
-    def process(self, claimed: Sequence[Claimed]) -> BatchReport:
-        """Run claimed items through every stage and persist the results (one transaction)."""
+    def process(self, claimed: Sequence[Claimed], worker: str | None = None) -> BatchReport:
+        """Run claimed items through every stage and persist the results.
+
+        Loading, decoding, embedding and most verification run in parallel with other workers; only
+        catching up with their index changes, the final decisions and the write happen under the
+        store's dedup lock, in one transaction.
+        """
         report = BatchReport()
+        cfg = self.settings.dedup
         t = time.perf_counter()
         blobs = self.load([c.ref for c in claimed])
         report.timings["load"] += time.perf_counter() - t
         analysed = self.analyse(blobs, report.timings)
-
-        t = time.perf_counter()
-        batch_exact: dict[str, tuple[int, Stage]] = {}
+        ok: list[tuple[Claimed, Analysed]] = []
         for item, a in zip(claimed, analysed, strict=True):
             if a.error is not None or a.signals is None or a.decoded is None:
                 report.failures.append(Failure(item.id, a.error or MediaError("no signals")))
-                continue
-            verdict = self.decide_one(a, batch_exact)
-            index_it = verdict.decision == Decision.UNIQUE or self.settings.dedup.index_duplicates
-            if index_it:
-                ids = np.array([item.id], np.int64)
-                self.indexes.add(ids, [a.signals.phash], a.signals.embedding[None, :])
-                self.thumbs.put(item.id, a.decoded.pixels)
-            if verdict.decision == Decision.UNIQUE:
-                batch_exact.setdefault("b:" + a.signals.sha256, (item.id, Stage.EXACT_BYTES))
-                batch_exact.setdefault("p:" + a.signals.pixel_sha256, (item.id, Stage.EXACT_PIXELS))
-            d = a.decoded
-            report.completions.append(
-                Completion(item.id, a.signals, verdict, d.format, d.width, d.height, index_it)
-            )
-        report.timings["decide+index"] += time.perf_counter() - t
+            else:
+                ok.append((item, a))
+
+        # Outside the lock: verify against what is indexed now; results are remembered.
+        t = time.perf_counter()
+        verifiers = {item.id: self.verifier(a) for item, a in ok}
+        for item, a in ok:
+            assert a.signals is not None
+            decide(self.lookups(a.signals, {}, _no_exact), verifiers[item.id], cfg)
+        report.timings["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        self.store.finish(report.completions, report.failures, self.settings.max_attempts)
-        report.timings["store"] += time.perf_counter() - t
+        added: list[int] = []
+        try:
+            with self.store.decision_lock() as tx:
+                self.sync(tx.index_changes(self.synced_seq))
+                batch_exact: dict[str, tuple[int, Stage]] = {}
+                for item, a in ok:
+                    assert a.signals is not None and a.decoded is not None
+                    verdict = decide(
+                        self.lookups(a.signals, batch_exact, tx.find_exact), verifiers[item.id], cfg
+                    )
+                    index_it = verdict.decision == Decision.UNIQUE or cfg.index_duplicates
+                    if index_it:
+                        self.indexes.add(
+                            np.array([item.id], np.int64), [a.signals.phash], a.signals.embedding[None, :]
+                        )
+                        added.append(item.id)
+                        self.thumbs.put(item.id, a.decoded.pixels)
+                    if verdict.decision == Decision.UNIQUE:
+                        batch_exact.setdefault("b:" + a.signals.sha256, (item.id, Stage.EXACT_BYTES))
+                        batch_exact.setdefault("p:" + a.signals.pixel_sha256, (item.id, Stage.EXACT_PIXELS))
+                    d = a.decoded
+                    report.completions.append(
+                        Completion(item.id, a.signals, verdict, d.format, d.width, d.height, index_it)
+                    )
+                report.lost = tx.finish(
+                    report.completions, report.failures, self.settings.max_attempts, worker
+                )
+                self.synced_seq = max(self.synced_seq, tx.last_seq())
+        except BaseException:
+            # Nothing was written: take back what this batch put into the in-memory indexes.
+            self.indexes.remove(np.array(added, np.int64))
+            raise
+        if report.lost:
+            self.indexes.remove(np.array(report.lost, np.int64))
+            lost = set(report.lost)
+            report.completions = [c for c in report.completions if c.id not in lost]
+            report.failures = [f for f in report.failures if f.id not in lost]
+        report.timings["decide+store"] += time.perf_counter() - t
         return report
 
     def check(self, refs: Sequence[ImageRef]) -> list[tuple[Verdict | None, Analysed]]:

@@ -88,9 +88,13 @@ def test_indexes_persist_and_refuse_another_descriptor(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     ix = new_indexes("faiss", DIM, exact_below=1000, nprobe=4)
     ix.add(np.arange(10), list(range(10)), unit(rng, 10))
-    save_indexes(ix, tmp_path, descriptor="d1", fingerprint=[10, 45])
-    again = load_indexes(tmp_path, DIM, descriptor="d1", exact_below=1000, nprobe=4)
-    assert again is not None and len(again) == 10 and len(again.hashes) == 10
+    save_indexes(ix, tmp_path, descriptor="d1", seq=7)
+    ix.add(np.arange(10, 12), [1, 2], unit(rng, 2))
+    save_indexes(ix, tmp_path, descriptor="d1", seq=9)
+    save_indexes(ix, tmp_path, descriptor="d1", seq=11)
+    assert len(list(tmp_path.glob("snapshot-*"))) == 2  # older snapshots pruned
+    again, seq = load_indexes(tmp_path, DIM, descriptor="d1", exact_below=1000, nprobe=4)
+    assert seq == 11 and len(again) == 12 and len(again.hashes) == 12
     assert load_indexes(tmp_path, DIM, descriptor="other", exact_below=1000, nprobe=4) is None
     assert load_indexes(tmp_path / "none", DIM, descriptor="d1", exact_below=1000, nprobe=4) is None
     with pytest.raises(ValueError, match="unknown index backend"):

@@ -95,8 +95,9 @@ def test_index_is_rebuilt_from_the_store_when_files_are_lost(
     folder = tmp_path / "imgs"
     make_folder(folder)
     run(settings, folder, fake_encoder)
-    for f in (settings.data_dir / "index").iterdir():
-        f.unlink()
+    import shutil
+
+    shutil.rmtree(settings.data_dir / "index")
     with dedup_service(settings, fake_encoder) as svc:
         assert len(svc.indexes) == svc.store.count_indexed() == svc.store.counts()["decision"]["unique"] >= 6
         scores, ids = svc.indexes.vectors.search(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgaudit.config import Settings
-from imgaudit.index.catalog import Indexes, load_indexes, save_indexes, saved_fingerprint
+from imgaudit.index.catalog import Indexes, load_indexes, save_indexes
 from imgaudit.pipeline import BatchReport, Pipeline
 from imgaudit.store.repo import ItemRecord, Store
 from imgaudit.store.thumbs import ThumbStore
@@ -89,39 +89,35 @@ class DedupService:
     # -- index life cycle --------------------------------------------------------------------------------
 
     def reconcile(self) -> bool:
-        """Make the indexes agree with the store (the source of truth); True if they were rebuilt.
+        """Bring the indexes up to date with the store (the source of truth); True if rebuilt.
 
-        The saved fingerprint tells whether the store changed after the indexes were last saved (a crash
-        between the two writes, another process, a restored backup)."""
-        fingerprint = self.store.indexed_fingerprint()
-        if (
-            saved_fingerprint(self.index_dir) == fingerprint
-            and len(self.indexes) == len(self.indexes.hashes) == fingerprint[0]
-        ):
-            return False
+        A loaded snapshot is caught up by replaying the index log after its sequence number; if the
+        result still disagrees with the store (snapshot lost or from another store, a reset), the
+        indexes are rebuilt from the descriptors kept in the store."""
+        with self.store.decision_lock() as tx:
+            self.pipeline.sync(tx.index_changes(self.pipeline.synced_seq))
+            if len(self.indexes) == len(self.indexes.hashes) == tx.count_indexed():
+                return False
         self.rebuild_index()
         return True
 
     def rebuild_index(self) -> int:
-        """Rebuild both indexes from the descriptors and hashes kept in the store."""
+        """Rebuild both indexes from the descriptors and hashes kept in the store, without stopping
+        other workers: entries logged while this runs are replayed at the end."""
+        seq = self.store.last_index_seq()
         fresh = self.index_factory()
-        n = 0
         for ids, phashes, embeddings in self.store.iter_indexed():
             fresh.add(ids, phashes, embeddings)
-            n += len(ids)
         self.indexes = self.pipeline.indexes = fresh
+        self.pipeline.synced_seq = seq
+        self.pipeline.sync(self.store.index_changes(seq))
         self.save()
-        return n
+        return len(fresh)
 
     def save(self) -> None:
         if self.settings.index.backend != "faiss":  # the in-memory reference is rebuilt at each start
             return
-        save_indexes(
-            self.indexes,
-            self.index_dir,
-            descriptor=self.descriptor,
-            fingerprint=self.store.indexed_fingerprint(),
-        )
+        save_indexes(self.indexes, self.index_dir, descriptor=self.descriptor, seq=self.pipeline.synced_seq)
 
     # -- ingest --------------------------------------------------------------------------------------------
 
@@ -141,7 +137,7 @@ class DedupService:
                 if not claimed:
                     break
                 try:
-                    report = self.pipeline.process(claimed)
+                    report = self.pipeline.process(claimed, self.worker_id)
                 except BaseException:
                     self.store.release([c.id for c in claimed])
                     raise
@@ -192,11 +188,15 @@ class DedupService:
     def reset(self) -> None:
         self.store.reset()
         self.indexes = self.pipeline.indexes = self.index_factory()
+        self.pipeline.synced_seq = self.store.last_index_seq()
         self.thumbs.clear()
         self.save()
 
 
-def open_indexes(settings: Settings, descriptor: str, dim: int, factory: Callable[[], Indexes]) -> Indexes:
+def open_indexes(
+    settings: Settings, descriptor: str, dim: int, factory: Callable[[], Indexes]
+) -> tuple[Indexes, int]:
+    """The newest saved snapshot and its log sequence number, or empty indexes at 0."""
     loaded = None
     if settings.index.backend == "faiss":
         loaded = load_indexes(
@@ -206,4 +206,4 @@ def open_indexes(settings: Settings, descriptor: str, dim: int, factory: Callabl
             exact_below=settings.index.exact_below,
             nprobe=settings.index.nprobe,
         )
-    return loaded or factory()
+    return loaded or (factory(), 0)

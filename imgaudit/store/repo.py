@@ -8,23 +8,26 @@ holding it has expired (the worker died).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from imgaudit.errors import ImgauditError, NotFound
 from imgaudit.signals.hashes import from_signed, to_signed
 from imgaudit.store.db import make_engine, migrate
-from imgaudit.store.schema import ImageRow, utcnow
+from imgaudit.store.schema import EventRow, ImageRow, IndexLogRow, SourceStateRow, utcnow
 from imgaudit.types import DedupSignals, ImageRef, Status, Verdict
 
 RETRY_BACKOFF_SECONDS = 30.0
+DEDUP_LOCK_KEY = 0x1A6A0D17  # PostgreSQL advisory lock serialising dedup decisions across workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,15 @@ class Failure:
     error: ImgauditError
 
 
+@dataclass(frozen=True, slots=True)
+class IndexChange:
+    seq: int
+    image_id: int
+    op: str  # add | remove
+    phash: int | None
+    embedding: np.ndarray | None
+
+
 def uri_hash(uri: str) -> str:
     return hashlib.sha256(uri.encode("utf-8")).hexdigest()
 
@@ -101,17 +113,23 @@ def unpack_embedding(b: bytes) -> np.ndarray:
 class Store(Protocol):
     def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]: ...
     def claim(self, worker: str, limit: int, lease_seconds: int) -> list[Claimed]: ...
+    def decision_lock(self) -> contextlib.AbstractContextManager[DecisionTx]: ...
     def finish(
-        self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int
-    ) -> None: ...
+        self,
+        completions: Sequence[Completion],
+        failures: Sequence[Failure],
+        max_attempts: int,
+        worker: str | None = None,
+    ) -> list[int]: ...
     def release(self, ids: Sequence[int]) -> None: ...
     def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None: ...
+    def index_changes(self, after: int) -> list[IndexChange]: ...
+    def last_index_seq(self) -> int: ...
     def get(self, item_id: int) -> ItemRecord: ...
     def get_many(self, ids: Sequence[int]) -> dict[int, ItemRecord]: ...
     def find_by_uri(self, uri: str) -> ItemRecord | None: ...
     def iter_indexed(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, list[int], np.ndarray]]: ...
     def count_indexed(self) -> int: ...
-    def indexed_fingerprint(self) -> list[int]: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]: ...
     def requeue_failed(self, permanent: bool = False) -> int: ...
@@ -190,60 +208,53 @@ class SqlStore:
                 q = q.with_for_update(skip_locked=True)
             rows = list(s.scalars(q))
             for row in rows:
+                if row.status == Status.PROCESSING:
+                    s.add(EventRow(image_id=row.id, at=now, event="lease_expired", worker=row.claimed_by))
                 row.status = Status.PROCESSING
                 row.claimed_by = worker
                 row.lease_until = now + timedelta(seconds=lease_seconds)
                 row.attempts += 1
                 row.updated_at = now
-            return [Claimed(r.id, ImageRef(r.uri, r.kind, r.external_key), r.attempts) for r in rows]
-
-    def finish(
-        self, completions: Sequence[Completion], failures: Sequence[Failure], max_attempts: int
-    ) -> None:
-        """Write a batch's results in one transaction."""
-        now = utcnow()
-        with self._session() as s, s.begin():
-            for c in completions:
-                v = c.verdict
-                s.execute(
-                    update(ImageRow)
-                    .where(ImageRow.id == c.id)
-                    .values(
-                        status=Status.DONE,
-                        sha256=c.signals.sha256,
-                        pixel_sha256=c.signals.pixel_sha256,
-                        phash=to_signed(c.signals.phash),
-                        embedding=pack_embedding(c.signals.embedding),
-                        format=c.format,
-                        width=c.width,
-                        height=c.height,
-                        decision=v.decision.value,
-                        duplicate_of=v.duplicate_of,
-                        score=v.score,
-                        stage=v.stage.value,
-                        evidence=dict(v.detail) or None,
-                        indexed=int(c.indexed),
-                        error_reason=None,
-                        last_error=None,
-                        claimed_by=None,
-                        lease_until=None,
-                        processed_at=now,
-                        updated_at=now,
+                s.add(
+                    EventRow(
+                        image_id=row.id,
+                        at=now,
+                        event="claimed",
+                        worker=worker,
+                        detail=f"attempt {row.attempts}",
                     )
                 )
-            for f in failures:
-                row = s.get(ImageRow, f.id)
-                if row is None:
-                    continue
-                permanent = not f.error.retryable or row.attempts >= max_attempts
-                row.status = Status.FAILED_PERMANENT if permanent else Status.FAILED_RETRYABLE
-                row.error_reason = f.error.reason
-                row.last_error = f.error.message[:2000]
-                row.claimed_by = None
-                row.lease_until = None
-                row.available_at = now + timedelta(seconds=RETRY_BACKOFF_SECONDS * 2 ** (row.attempts - 1))
-                row.processed_at = now
-                row.updated_at = now
+            return [Claimed(r.id, ImageRef(r.uri, r.kind, r.external_key), r.attempts) for r in rows]
+
+    @contextmanager
+    def decision_lock(self) -> Iterator[DecisionTx]:
+        """A transaction holding the store-wide dedup lock: at most one worker decides at a time, so two
+        copies processed by two workers at once cannot both be called unique. Only the cheap part of a
+        batch (replaying the index log, lookups, writing results) runs under it."""
+        with self._session() as s, s.begin():
+            if self.engine.dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DEDUP_LOCK_KEY})
+            # SQLite: every transaction here starts with BEGIN IMMEDIATE, which is already exclusive.
+            yield DecisionTx(s)
+
+    def finish(
+        self,
+        completions: Sequence[Completion],
+        failures: Sequence[Failure],
+        max_attempts: int,
+        worker: str | None = None,
+    ) -> list[int]:
+        """Write a batch's results in one transaction; returns the ids whose lease was lost."""
+        with self.decision_lock() as tx:
+            return tx.finish(completions, failures, max_attempts, worker)
+
+    def index_changes(self, after: int) -> list[IndexChange]:
+        with self._session() as s:
+            return _index_changes(s, after)
+
+    def last_index_seq(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.coalesce(func.max(IndexLogRow.seq), 0))) or 0)
 
     def release(self, ids: Sequence[int]) -> None:
         """Give claimed items back untouched (graceful shutdown): the attempt does not count."""
@@ -277,17 +288,7 @@ class SqlStore:
     def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None:
         """The original of a finished image with the same bytes (or else the same pixels)."""
         with self._session() as s:
-            for column, stage in ((ImageRow.sha256, "exact_bytes"), (ImageRow.pixel_sha256, "exact_pixels")):
-                value = sha256 if stage == "exact_bytes" else pixel_sha256
-                row = s.execute(
-                    select(ImageRow.id, ImageRow.duplicate_of)
-                    .where(column == value, ImageRow.status == Status.DONE)
-                    .order_by(ImageRow.id)
-                    .limit(1)
-                ).first()
-                if row is not None:
-                    return (row.duplicate_of or row.id), stage
-        return None
+            return _find_exact(s, sha256, pixel_sha256)
 
     def get(self, item_id: int) -> ItemRecord:
         rec = self.get_many([item_id]).get(item_id)
@@ -329,14 +330,6 @@ class SqlStore:
     def count_indexed(self) -> int:
         with self._session() as s:
             return int(s.scalar(select(func.count()).where(ImageRow.indexed == 1)) or 0)
-
-    def indexed_fingerprint(self) -> list[int]:
-        """[count, sum of ids] of what belongs in the indexes: cheap, and changes with any add or delete."""
-        with self._session() as s:
-            row = s.execute(
-                select(func.count(), func.coalesce(func.sum(ImageRow.id), 0)).where(ImageRow.indexed == 1)
-            ).one()
-        return [int(row[0]), int(row[1])]
 
     def counts(self) -> dict[str, dict[str, int]]:
         with self._session() as s:
@@ -381,6 +374,9 @@ class SqlStore:
         with self._session() as s, s.begin():
             s.execute(update(ImageRow).values(duplicate_of=None))
             s.execute(delete(ImageRow))
+            s.execute(delete(IndexLogRow))
+            s.execute(delete(EventRow))
+            s.execute(delete(SourceStateRow))
 
 
 def _record(r: ImageRow) -> ItemRecord:
@@ -408,3 +404,146 @@ def _record(r: ImageRow) -> ItemRecord:
         created_at=r.created_at,
         processed_at=r.processed_at,
     )
+
+
+class DecisionTx:
+    """The dedup decision step of one batch, inside ``SqlStore.decision_lock``."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def index_changes(self, after: int) -> list[IndexChange]:
+        return _index_changes(self.s, after)
+
+    def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None:
+        return _find_exact(self.s, sha256, pixel_sha256)
+
+    def last_seq(self) -> int:
+        self.s.flush()
+        return int(self.s.scalar(select(func.coalesce(func.max(IndexLogRow.seq), 0))) or 0)
+
+    def count_indexed(self) -> int:
+        return int(self.s.scalar(select(func.count()).where(ImageRow.indexed == 1)) or 0)
+
+    def finish(
+        self,
+        completions: Sequence[Completion],
+        failures: Sequence[Failure],
+        max_attempts: int,
+        worker: str | None = None,
+    ) -> list[int]:
+        """Record results; an item is only written while still claimed by ``worker`` (when given): a
+        worker whose lease expired must not overwrite the result of the worker that took over."""
+        s, now, lost = self.s, utcnow(), []
+        pending_writeback = case((ImageRow.kind == "key", "pending"), else_=None)
+
+        def mine(item_id: int):
+            cond = and_(ImageRow.id == item_id, ImageRow.status == Status.PROCESSING)
+            return and_(cond, ImageRow.claimed_by == worker) if worker else cond
+
+        for c in completions:
+            v = c.verdict
+            res = s.execute(
+                update(ImageRow)
+                .where(mine(c.id))
+                .values(
+                    status=Status.DONE,
+                    sha256=c.signals.sha256,
+                    pixel_sha256=c.signals.pixel_sha256,
+                    phash=to_signed(c.signals.phash),
+                    embedding=pack_embedding(c.signals.embedding),
+                    format=c.format,
+                    width=c.width,
+                    height=c.height,
+                    decision=v.decision.value,
+                    duplicate_of=v.duplicate_of,
+                    score=v.score,
+                    stage=v.stage.value,
+                    evidence=dict(v.detail) or None,
+                    indexed=int(c.indexed),
+                    error_reason=None,
+                    last_error=None,
+                    claimed_by=None,
+                    lease_until=None,
+                    processed_at=now,
+                    processed_by=worker,
+                    updated_at=now,
+                    writeback=pending_writeback,
+                )
+            )
+            if not res.rowcount:
+                lost.append(c.id)
+                continue
+            if c.indexed:
+                s.add(IndexLogRow(image_id=c.id, op="add", at=now))
+            of = f" of #{v.duplicate_of}" if v.duplicate_of else ""
+            s.add(
+                EventRow(
+                    image_id=c.id,
+                    at=now,
+                    event="done",
+                    worker=worker,
+                    detail=f"{v.decision.value} ({v.stage.value}){of}",
+                )
+            )
+        for f in failures:
+            row = s.scalars(select(ImageRow).where(mine(f.id))).first()
+            if row is None:
+                lost.append(f.id)
+                continue
+            permanent = not f.error.retryable or row.attempts >= max_attempts
+            row.status = Status.FAILED_PERMANENT if permanent else Status.FAILED_RETRYABLE
+            row.error_reason = f.error.reason
+            row.last_error = f.error.message[:2000]
+            row.claimed_by = None
+            row.lease_until = None
+            row.available_at = now + timedelta(seconds=RETRY_BACKOFF_SECONDS * 2 ** max(row.attempts - 1, 0))
+            row.processed_at = now
+            row.processed_by = worker
+            row.updated_at = now
+            row.writeback = "pending" if row.kind == "key" else None
+            s.add(
+                EventRow(
+                    image_id=f.id,
+                    at=now,
+                    event=row.status,
+                    worker=worker,
+                    detail=f"{f.error.reason}: {row.last_error}",
+                )
+            )
+        return lost
+
+
+def _find_exact(s: Session, sha256: str, pixel_sha256: str) -> tuple[int, str] | None:
+    for column, value, stage in (
+        (ImageRow.sha256, sha256, "exact_bytes"),
+        (ImageRow.pixel_sha256, pixel_sha256, "exact_pixels"),
+    ):
+        row = s.execute(
+            select(ImageRow.id, ImageRow.duplicate_of)
+            .where(column == value, ImageRow.status == Status.DONE)
+            .order_by(ImageRow.id)
+            .limit(1)
+        ).first()
+        if row is not None:
+            return (row.duplicate_of or row.id), stage
+    return None
+
+
+def _index_changes(s: Session, after: int) -> list[IndexChange]:
+    rows = s.execute(
+        select(IndexLogRow.seq, IndexLogRow.image_id, IndexLogRow.op, ImageRow.phash, ImageRow.embedding)
+        .join(ImageRow, ImageRow.id == IndexLogRow.image_id, isouter=True)
+        .where(IndexLogRow.seq > after)
+        .order_by(IndexLogRow.seq)
+    ).all()
+    return [
+        IndexChange(
+            r.seq,
+            r.image_id,
+            r.op,
+            from_signed(r.phash) if r.phash is not None else None,
+            unpack_embedding(r.embedding) if r.embedding is not None else None,
+        )
+        for r in rows
+    ]

@@ -81,6 +81,9 @@ class ImageRow(Base):
     evidence: Mapped[dict[str, float] | None] = mapped_column(JSON)  # the verdict's detail
     indexed: Mapped[bool] = mapped_column(Integer, default=0)  # in the vector/hash indexes
 
+    processed_by: Mapped[str | None] = mapped_column(String(128))
+    writeback: Mapped[str | None] = mapped_column(String(16))  # external sources: pending | done
+
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -88,4 +91,43 @@ class ImageRow(Base):
     __table_args__ = (
         Index("ix_images_claim", "status", "available_at", "id"),
         Index("ix_images_indexed", "indexed", "id"),
+        Index("ix_images_processed", "processed_at"),
+        Index("ix_images_writeback", "writeback", "id"),
     )
+
+
+class IndexLogRow(Base):
+    """Append-only log of index membership changes. Every worker keeps its in-memory indexes as a view
+    of this log: it applies the entries after the last sequence number it has seen."""
+
+    __tablename__ = "index_log"
+
+    seq: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(Id)
+    op: Mapped[str] = mapped_column(String(8))  # add | remove
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)  # never reuse a sequence number
+
+
+class EventRow(Base):
+    """What happened to an item, for ``imgaudit status KEY``."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(Id, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    event: Mapped[str] = mapped_column(String(24))
+    worker: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class SourceStateRow(Base):
+    """Per-source cursors (e.g. the last key read from an external table)."""
+
+    __tablename__ = "source_state"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
