@@ -11,6 +11,7 @@ from imgaudit.index.catalog import new_indexes
 from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
 from imgaudit.pipeline import Pipeline
 from imgaudit.services.dedup import DedupService, open_indexes
+from imgaudit.services.worker import WorkerService
 from imgaudit.store.repo import SqlStore
 from imgaudit.store.thumbs import ThumbStore
 
@@ -51,3 +52,19 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
     finally:
         pipeline.close()
         store.close()
+
+
+@contextmanager
+def worker_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[WorkerService]:
+    """The dedup service plus the external business table when one is configured."""
+    external = None
+    if settings.external.url:
+        from imgaudit.sources.table import ExternalTable
+
+        external = ExternalTable(settings.external, cdn_base=settings.fetch.cdn_base)
+    with dedup_service(settings, encoder) as dedup:
+        try:
+            yield WorkerService(settings, dedup, external)
+        finally:
+            if external is not None:
+                external.close()

@@ -127,6 +127,56 @@ class ModelSettings(_Group):
     input_size: int = Field(224, ge=64, le=640, description="Side of the square visual encoder input.")
 
 
+class WorkerSettings(_Group):
+    """The always-on worker (``imgaudit worker``)."""
+
+    batch_size: int = Field(100, ge=1, le=10_000, description="Items claimed per batch.")
+    idle_sleep: float = Field(2.0, ge=0.05, description="Seconds to sleep when there is nothing to do.")
+    save_every: float = Field(60.0, ge=1, description="Seconds between index snapshots while working.")
+    status_every: float = Field(2.0, ge=0.1, description="Seconds between updates of the status file.")
+    stop_timeout: float = Field(60.0, ge=1, description="Seconds `worker stop` waits before giving up.")
+
+
+class LogSettings(_Group):
+    """Worker logs."""
+
+    json_lines: bool = Field(False, description="Write structured JSON log lines instead of text.")
+    level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the log file at this size.")
+    backups: int = Field(5, ge=0, description="Rotated log files kept.")
+
+
+class ExternalTableSettings(_Group):
+    """An existing business table used as the queue (the legacy MySQL contract). Off when url is empty."""
+
+    url: str = Field("", description="SQLAlchemy URL of the business database (e.g. mysql+pymysql://...).")
+    table: str = Field("", description="The content table.")
+    key_column: str = Field("id", description="Unique, increasing key column.")
+    image_column: str = Field("image_url", description="Column with the image URL or CDN-relative path.")
+    select_where: str = Field(
+        "status = 'draft' AND similarity = 'draft'",
+        description="SQL condition selecting rows waiting for work.",
+    )
+    batch_size: int = Field(100, ge=1, le=10_000, description="Rows read per poll (one short read).")
+    on_unique: dict[str, str] = Field(
+        default_factory=lambda: {"status": "tag_extension"},
+        description="Columns set when an image is unique.",
+    )
+    on_duplicate: dict[str, str] = Field(
+        default_factory=lambda: {"status": "similarity"},
+        description="Columns set when an image is a duplicate.",
+    )
+    on_failure: dict[str, str] = Field(
+        default_factory=lambda: {"similarity": "recalc"},
+        description="Columns set when an image failed permanently.",
+    )
+    score_column: str = Field("", description="Column receiving the duplicate score (empty: not written).")
+    original_column: str = Field(
+        "", description="Column receiving the matched original's key (empty: not written)."
+    )
+    error_column: str = Field("", description="Column receiving the failure reason (empty: not written).")
+
+
 class Settings(BaseSettings):
     """All of imgaudit's settings."""
 
@@ -148,6 +198,9 @@ class Settings(BaseSettings):
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    external: ExternalTableSettings = Field(default_factory=ExternalTableSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -90,9 +90,10 @@ class Pipeline:
     def load(self, refs: Sequence[ImageRef]) -> list[bytes | ImgauditError]:
         """Bytes for each reference; failures are returned in place, never raised."""
         out: list[bytes | ImgauditError] = [b""] * len(refs)
-        urls = [(i, r.uri) for i, r in enumerate(refs) if r.kind == "url"]
+        remote = ("url", "key")  # external-table rows carry the image URL
+        urls = [(i, r.uri) for i, r in enumerate(refs) if r.kind in remote]
         for i, r in enumerate(refs):
-            if r.kind != "url":
+            if r.kind not in remote:
                 try:
                     out[i] = read_local(r.uri, max_bytes=self.settings.fetch.max_bytes)
                 except MediaError as exc:

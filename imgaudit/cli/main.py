@@ -23,9 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
+worker_app = typer.Typer(help="The always-on worker and its management.", no_args_is_help=True)
 index_app = typer.Typer(help="Maintain the vector and hash indexes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(index_app, name="index")
+app.add_typer(worker_app, name="worker")
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -324,6 +326,102 @@ def demo(
             f"{e['missed']} missed"
         )
         out.print(f"report: {result['report']}")
+
+
+@worker_app.command("run")
+def worker_run(
+    name: Annotated[
+        str, typer.Option(help="Worker name (pid, status and log files are per name).")
+    ] = "default",
+    once: Annotated[bool, typer.Option(help="Stop when the queue is empty instead of waiting.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a worker in the foreground until SIGTERM/SIGINT (or, with --once, until the queue is empty)."""
+    from imgaudit.bootstrap import worker_service
+    from imgaudit.worker import Worker
+
+    with _errors():
+        settings = _settings(config)
+        with worker_service(settings) as svc:
+            worker = Worker(settings, svc, name)
+            worker.install_signal_handlers()
+            stats = worker.run(once=once)
+        if as_json:
+            _emit({"event": "worker_stopped", **worker.status()})
+        else:
+            out.print(
+                f"worker {name} stopped: {stats.processed} processed, {stats.duplicates} duplicates, "
+                f"{stats.failed} failed"
+            )
+
+
+@app.command()
+def recalc(
+    permanent: Annotated[bool, typer.Option(help="Also re-queue permanent failures.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-queue failed items for another attempt (retryable ones; with --permanent, all)."""
+    from imgaudit.store.repo import SqlStore
+
+    with _errors():
+        store = SqlStore(_settings(config).store_url)
+        try:
+            n = store.requeue_failed(permanent=permanent)
+        finally:
+            store.close()
+        if as_json:
+            _emit({"event": "recalc", "requeued": n})
+        else:
+            out.print(f"re-queued {n} failed items")
+
+
+@app.command()
+def status(
+    key: Annotated[str, typer.Argument(help="Item id, external key, path or URL.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One item's current state and history."""
+    from imgaudit.errors import NotFound
+    from imgaudit.store.repo import SqlStore
+
+    with _errors():
+        store = SqlStore(_settings(config).store_url)
+        try:
+            rec = store.find(key) or (store.find(str(Path(key).resolve())) if Path(key).exists() else None)
+            if rec is None:
+                raise NotFound(f"no item matches {key!r}")
+            history = store.events(rec.id)
+        finally:
+            store.close()
+        if as_json:
+            _emit({**rec.as_dict(), "history": history})
+            return
+        d = rec.as_dict()
+        for k in (
+            "id",
+            "uri",
+            "external_key",
+            "status",
+            "decision",
+            "duplicate_of",
+            "score",
+            "stage",
+            "evidence",
+            "attempts",
+            "error_reason",
+            "last_error",
+            "processed_by",
+            "processed_at",
+        ):
+            if d.get(k) is not None:
+                out.print(f"{k:>14}: {d[k]}")
+        table = Table("at", "event", "worker", "detail")
+        for h in history:
+            table.add_row(str(h["at"]), str(h["event"]), str(h["worker"] or ""), str(h["detail"] or ""))
+        out.print(table)
 
 
 def main() -> None:  # pragma: no cover

@@ -59,6 +59,8 @@ class ItemRecord:
     stage: str | None
     evidence: dict[str, float] | None
     indexed: bool
+    processed_by: str | None
+    writeback: str | None
     created_at: datetime
     processed_at: datetime | None
 
@@ -134,9 +136,73 @@ class Store(Protocol):
     def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]: ...
     def requeue_failed(self, permanent: bool = False) -> int: ...
     def reset(self) -> None: ...
+    def get_cursor(self, name: str) -> str | None: ...
+    def set_cursor(self, name: str, value: str) -> None: ...
+    def pending_writebacks(self, limit: int) -> list[tuple[ItemRecord, str | None]]: ...
+    def mark_written(self, ids: Sequence[int]) -> None: ...
+    def events(self, item_id: int) -> list[dict[str, object]]: ...
+    def find(self, key: str) -> ItemRecord | None: ...
 
 
-class SqlStore:
+class _ExternalMixin:
+    """Cursors and write-back bookkeeping for external sources, and item history."""
+
+    def get_cursor(self: SqlStore, name: str) -> str | None:  # type: ignore[misc]
+        with self._session() as s:
+            return s.scalar(select(SourceStateRow.value).where(SourceStateRow.name == name))
+
+    def set_cursor(self: SqlStore, name: str, value: str) -> None:  # type: ignore[misc]
+        with self._session() as s, s.begin():
+            row = s.get(SourceStateRow, name)
+            if row is None:
+                s.add(SourceStateRow(name=name, value=value, updated_at=utcnow()))
+            else:
+                row.value, row.updated_at = value, utcnow()
+
+    def pending_writebacks(self: SqlStore, limit: int) -> list[tuple[ItemRecord, str | None]]:  # type: ignore[misc]
+        """Finished external items whose verdict is not yet in the business table, with the external
+        key of their original (for duplicates)."""
+        original = aliased(ImageRow)
+        with self._session() as s:
+            rows = s.execute(
+                select(ImageRow, original.external_key)
+                .join(original, ImageRow.duplicate_of == original.id, isouter=True)
+                .where(ImageRow.writeback == "pending")
+                .order_by(ImageRow.id)
+                .limit(limit)
+            ).all()
+            return [(_record(r), key) for r, key in rows]
+
+    def mark_written(self: SqlStore, ids: Sequence[int]) -> None:  # type: ignore[misc]
+        if not ids:
+            return
+        now = utcnow()
+        with self._session() as s, s.begin():
+            s.execute(
+                update(ImageRow).where(ImageRow.id.in_(list(ids))).values(writeback="done", updated_at=now)
+            )
+            for i in ids:
+                s.add(EventRow(image_id=i, at=now, event="written_back"))
+
+    def events(self: SqlStore, item_id: int) -> list[dict[str, object]]:  # type: ignore[misc]
+        with self._session() as s:
+            rows = s.scalars(select(EventRow).where(EventRow.image_id == item_id).order_by(EventRow.id))
+            return [
+                {"at": r.at.isoformat(), "event": r.event, "worker": r.worker, "detail": r.detail}
+                for r in rows
+            ]
+
+    def find(self: SqlStore, key: str) -> ItemRecord | None:  # type: ignore[misc]
+        """An item by id (digits), external key, or path/URL."""
+        with self._session() as s:
+            conds = [ImageRow.external_key == key, ImageRow.uri_hash == uri_hash(key)]
+            if key.isdigit():
+                conds.insert(0, ImageRow.id == int(key))
+            row = s.scalars(select(ImageRow).where(or_(*conds)).order_by(ImageRow.id).limit(1)).first()
+            return _record(row) if row else None
+
+
+class SqlStore(_ExternalMixin):
     """The SQLAlchemy implementation: SQLite by default, PostgreSQL for many workers."""
 
     def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
@@ -162,7 +228,10 @@ class SqlStore:
 
         def flush() -> None:
             nonlocal added, skipped
-            hashes = {uri_hash(r.uri): r for r in chunk}
+            # External rows are identified by their key (two rows may share an image URL).
+            hashes = {
+                uri_hash(f"key:{source}:{r.external_key}" if r.kind == "key" else r.uri): r for r in chunk
+            }
             with self._session() as s, s.begin():
                 known = set(s.scalars(select(ImageRow.uri_hash).where(ImageRow.uri_hash.in_(hashes))))
                 now = utcnow()
@@ -400,6 +469,8 @@ def _record(r: ImageRow) -> ItemRecord:
         score=r.score,
         stage=r.stage,
         evidence=r.evidence,
+        processed_by=r.processed_by,
+        writeback=r.writeback,
         indexed=bool(r.indexed),
         created_at=r.created_at,
         processed_at=r.processed_at,
