@@ -133,6 +133,30 @@ def ingest(
 
 
 @app.command()
+def enqueue(
+    target: Annotated[str, typer.Argument(help="A folder (recursive), an image file, or a .txt list of URLs.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add images to the queue without processing them (a running worker picks them up)."""
+    from imgaudit.sources.files import source_for
+    from imgaudit.store.repo import SqlStore
+
+    with _errors():
+        settings = _settings(config)
+        source = source_for(target, settings.fetch.cdn_base)
+        store = SqlStore(settings.store_url)
+        try:
+            added, known = store.enqueue(source.refs(), source.name)
+        finally:
+            store.close()
+        if as_json:
+            _emit({"event": "enqueue", "enqueued": added, "skipped_known": known})
+        else:
+            out.print(f"queued {added} new, {known} already known")
+
+
+@app.command()
 def check(
     images: Annotated[list[str], typer.Argument(help="Image files or URLs to check.")],
     config: ConfigOpt = None,
