@@ -36,6 +36,9 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True, dir_okay=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout, for scripts.")]
+TargetArg = Annotated[
+    str, typer.Argument(help="A folder (recursive), an image file, or a .txt list of URLs.")
+]
 
 T = TypeVar("T")
 
@@ -134,7 +137,7 @@ def ingest(
 
 @app.command()
 def enqueue(
-    target: Annotated[str, typer.Argument(help="A folder (recursive), an image file, or a .txt list of URLs.")],
+    target: TargetArg,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
