@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -241,36 +242,85 @@ def search(
         out.print(table)
 
 
+def _parse_since(value: str | None) -> datetime | None:
+    """'15m', '2h', '7d', or an ISO date/time (UTC when no zone is given)."""
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[:-1].isdigit() and value[-1] in units:
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r}: use 15m, 2h, 7d or an ISO date") from exc
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 @app.command()
-def stats(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Counts by status, decision, deciding stage and failure reason."""
+def stats(
+    since: Annotated[
+        str | None, typer.Option(help="Only decisions, errors and workers since: 15m, 2h, 7d or an ISO date.")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Counts by status and decision, duplicate rate, throughput, error reasons, queue depth, workers."""
     from imgaudit.store.repo import SqlStore
 
     with _errors():
         settings = _settings(config)
+        start = _parse_since(since)
         store = SqlStore(settings.store_url)
         try:
-            counts = store.counts()
+            counts = store.counts(start)
+            activity = store.activity(start)
             indexed = store.count_indexed()
         finally:
             store.close()
         decided = sum(counts["decision"].values())
         dup = counts["decision"].get("duplicate", 0)
+        status = counts["status"]
         data = {
             **counts,
             "indexed": indexed,
-            "total": sum(counts["status"].values()),
+            "total": sum(status.values()),
+            "queue_depth": sum(status.get(k, 0) for k in ("queued", "processing", "failed_retryable")),
             "duplicate_rate": round(dup / decided, 4) if decided else 0.0,
+            "throughput": {k: activity[k] for k in ("last_minute", "last_hour", "last_day")},
+            "workers": activity["workers"],
+            "in_flight": activity["in_flight"],
+            "since": start.isoformat() if start else None,
         }
         if as_json:
             _emit(data)
             return
         table = Table("group", "key", "count")
         for group in ("status", "decision", "duplicate_stage", "error"):
-            for k, v in sorted(counts[group].items(), key=lambda kv: -kv[1]):
+            for k, v in counts[group].items():
                 table.add_row(group, str(k), str(v))
         out.print(table)
-        out.print(f"total {data['total']}, indexed {indexed}, duplicate rate {data['duplicate_rate']:.1%}")
+        out.print(
+            f"total {data['total']}, indexed {indexed}, queue depth {data['queue_depth']}, "
+            f"duplicate rate {data['duplicate_rate']:.1%}"
+            + (f" (since {start:%Y-%m-%d %H:%M} UTC)" if start else "")
+        )
+        t = data["throughput"]
+        out.print(
+            "throughput: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {v['processed']} ({v['per_minute']}/min)" for k, v in t.items()
+            )
+        )
+        if data["workers"]:
+            wt = Table("worker", "processed", "last item at", "in flight")
+            for w in data["workers"]:
+                wt.add_row(
+                    w["worker"],
+                    str(w["processed"]),
+                    str(w["last_at"]),
+                    str(data["in_flight"].get(w["worker"], 0)),
+                )
+            out.print(wt)
 
 
 @app.command()

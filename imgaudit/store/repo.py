@@ -132,7 +132,8 @@ class Store(Protocol):
     def find_by_uri(self, uri: str) -> ItemRecord | None: ...
     def iter_indexed(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, list[int], np.ndarray]]: ...
     def count_indexed(self) -> int: ...
-    def counts(self) -> dict[str, dict[str, int]]: ...
+    def counts(self, since: datetime | None = None) -> dict[str, dict[str, int]]: ...
+    def activity(self, since: datetime | None = None) -> dict[str, object]: ...
     def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]: ...
     def requeue_failed(self, permanent: bool = False) -> int: ...
     def reset(self) -> None: ...
@@ -400,31 +401,56 @@ class SqlStore(_ExternalMixin):
         with self._session() as s:
             return int(s.scalar(select(func.count()).where(ImageRow.indexed == 1)) or 0)
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    def counts(self, since: datetime | None = None) -> dict[str, dict[str, int]]:
+        """Current queue states, and decisions / deciding stages / failure reasons (of items processed
+        since ``since`` when given)."""
+        recent = ImageRow.processed_at >= since if since is not None else True
+
+        def grouped(column, *where):
+            q = select(column, func.count()).where(*where).group_by(column).order_by(func.count().desc())
+            with self._session() as s:
+                return {k: int(v) for k, v in s.execute(q).all()}
+
+        return {
+            "status": grouped(ImageRow.status),
+            "decision": grouped(ImageRow.decision, ImageRow.decision.is_not(None), recent),
+            "duplicate_stage": grouped(ImageRow.stage, ImageRow.decision == "duplicate", recent),
+            "error": grouped(ImageRow.error_reason, ImageRow.error_reason.is_not(None), recent),
+        }
+
+    def activity(self, since: datetime | None = None) -> dict[str, object]:
+        """Throughput over the last minute / hour / day, and per-worker totals (since ``since``)."""
+        now = utcnow()
+        windows = {"last_minute": 60, "last_hour": 3600, "last_day": 86400}
+        out: dict[str, object] = {}
         with self._session() as s:
-            by_status = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
-            by_decision = dict(
-                s.execute(
-                    select(ImageRow.decision, func.count())
-                    .where(ImageRow.decision.is_not(None))
-                    .group_by(ImageRow.decision)
-                ).all()
+            done = (ImageRow.status.in_([Status.DONE, Status.FAILED_PERMANENT, Status.FAILED_RETRYABLE]),)
+            for name, seconds in windows.items():
+                n = s.scalar(
+                    select(func.count()).where(
+                        *done, ImageRow.processed_at >= now - timedelta(seconds=seconds)
+                    )
+                )
+                out[name] = {"processed": int(n or 0), "per_minute": round(int(n or 0) / (seconds / 60), 2)}
+            q = (
+                select(ImageRow.processed_by, func.count(), func.max(ImageRow.processed_at))
+                .where(ImageRow.processed_by.is_not(None))
+                .group_by(ImageRow.processed_by)
+                .order_by(func.count().desc())
             )
-            by_stage = dict(
-                s.execute(
-                    select(ImageRow.stage, func.count())
-                    .where(ImageRow.decision == "duplicate")
-                    .group_by(ImageRow.stage)
-                ).all()
-            )
-            by_error = dict(
-                s.execute(
-                    select(ImageRow.error_reason, func.count())
-                    .where(ImageRow.error_reason.is_not(None))
-                    .group_by(ImageRow.error_reason)
-                ).all()
-            )
-        return {"status": by_status, "decision": by_decision, "duplicate_stage": by_stage, "error": by_error}
+            if since is not None:
+                q = q.where(ImageRow.processed_at >= since)
+            out["workers"] = [
+                {"worker": w, "processed": int(n), "last_at": at.isoformat() if at else None}
+                for w, n, at in s.execute(q).all()
+            ]
+            claimed = s.execute(
+                select(ImageRow.claimed_by, func.count())
+                .where(ImageRow.status == Status.PROCESSING)
+                .group_by(ImageRow.claimed_by)
+            ).all()
+            out["in_flight"] = {w: int(n) for w, n in claimed}
+        return out
 
     def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]:
         original = aliased(ImageRow)
