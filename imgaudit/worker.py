@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from imgaudit.config import Settings
 from imgaudit.services.worker import StepReport, WorkerService, WorkerStats
 
@@ -86,7 +88,10 @@ class Worker:
     def _report(self, step: StepReport | None, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._status_at >= self.settings.worker.status_every:
-            self._queue_depth = self.service.queue_depth()
+            try:
+                self._queue_depth = self.service.queue_depth()
+            except DBAPIError:
+                pass  # keep the last known depth while the database is away
             write_status(status_path(self.settings, self.name), self.status())
             self._status_at = now
 
@@ -100,9 +105,23 @@ class Worker:
             "worker %s started (pid %d, batch %d)", self.name, os.getpid(), self.settings.worker.batch_size
         )
         try:
+            failures_in_a_row = 0
             while not self.stop.is_set():
                 self.state = "working"
-                step = self.service.step()
+                try:
+                    step = self.service.step()
+                    failures_in_a_row = 0
+                except DBAPIError as exc:
+                    # The database went away (restart, failover, network): items claimed by the failed
+                    # step come back when their lease expires; wait and reconnect.
+                    failures_in_a_row += 1
+                    delay = min(30.0, self.settings.worker.idle_sleep * 2 ** min(failures_in_a_row, 5))
+                    log.warning(
+                        "database unavailable (%s); retrying in %.1fs", type(exc.orig).__name__, delay
+                    )
+                    self.state = "waiting_for_database"
+                    self.stop.wait(delay)
+                    continue
                 self.stats.add(step)
                 if step.batch is not None:
                     b = step.batch
@@ -129,7 +148,10 @@ class Worker:
                     self._report(step)
         finally:
             self.state = "stopping"
-            self.service.dedup.save()
+            try:
+                self.service.dedup.save()
+            except DBAPIError:
+                log.warning("could not save the index snapshot: database unavailable")
             self.state = "stopped"
             self._report(None, force=True)
             log.info("worker %s stopped after %d items", self.name, self.stats.processed)

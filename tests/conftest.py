@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import dbs
 import pytest
 
 from imgaudit.config import Settings, load_settings
@@ -22,8 +23,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(data_dir=tmp_path / "data")
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return load_settings(data_dir=tmp_path / "data", database_url=database_url)
 
 
 @pytest.fixture
@@ -37,3 +38,48 @@ def real_encoder() -> Iterator[VisualEncoder]:
     from imgaudit.bootstrap import build_encoder
 
     yield build_encoder(load_settings(data_dir=Path("/nonexistent")))
+
+
+# -- databases (see tests/dbs.py) -------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    problem = dbs.check_backend()
+    if problem:  # asked for a server-backed run without a server: stop before running anything
+        raise pytest.UsageError(problem)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return dbs.describe()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """The store URL for one test: a SQLite file in tmp_path, or a fresh PostgreSQL database
+    (IMGAUDIT_TEST_BACKEND=postgresql) that is dropped afterwards."""
+    if dbs.BACKEND == "postgresql":
+        with dbs.postgres().database() as url:
+            yield url
+    else:
+        yield dbs.sqlite_url(tmp_path)
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh MariaDB database for one test (dropped afterwards). Skips when no server is configured,
+    except in CI, where the MariaDB tests must run."""
+    try:
+        server = dbs.mysql()
+        server.check()
+    except dbs.ServerUnavailable as exc:
+        if dbs.MYSQL_URL or dbs.IN_CI:
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    with server.database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    dbs.cleanup()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dbs import data_dirs, db_env
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
@@ -71,9 +72,10 @@ class Run:
 
 
 def cli(*args: str | Path, data_dir: Path | None, cwd: Path, expect: int | None = 0, **env: str) -> Run:
-    """Run the real ``imgaudit`` in a subprocess with an isolated environment."""
+    """Run the real ``imgaudit`` in a subprocess with an isolated environment (and, on a server backend,
+    the data directory's own database)."""
     if data_dir is not None:
-        env["IMGAUDIT_DATA_DIR"] = str(data_dir)
+        env = {**db_env(data_dir), **env, "IMGAUDIT_DATA_DIR": str(data_dir)}
     proc = subprocess.run(
         [*CLI, *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=180
     )
@@ -87,6 +89,8 @@ def cli(*args: str | Path, data_dir: Path | None, cwd: Path, expect: int | None 
 
 def invoke(*args: str | Path, **env: str) -> Any:
     """The CLI in-process (cheap commands only: config, stats, prompts, errors)."""
+    if "IMGAUDIT_DATA_DIR" in env:
+        env = {**db_env(Path(env["IMGAUDIT_DATA_DIR"])), **env}
     return runner.invoke(app, [str(a) for a in args], env=env or None)
 
 
@@ -177,7 +181,9 @@ def ingested(sample: Sample) -> Ingested:
 
 def copy_data(ingested: Ingested, dest: Path) -> Path:
     """A private copy of the shared data directory (the images themselves stay where they are)."""
-    return Path(shutil.copytree(ingested.data_dir, dest / "data"))
+    copy = Path(shutil.copytree(ingested.data_dir, dest / "data"))
+    data_dirs.copy(ingested.data_dir, copy)  # and of its database, on a server backend
+    return copy
 
 
 # -- ingest ----------------------------------------------------------------------------------------------
@@ -342,7 +348,7 @@ def test_reset(ingested: Ingested, tmp_path: Path) -> None:
     assert len(list((data / "thumbs").rglob("*.jpg"))) == N_ORIGINALS
 
     # without --yes it asks; answering no keeps everything
-    result = runner.invoke(app, ["reset"], input="n\n", env={"IMGAUDIT_DATA_DIR": str(data)})
+    result = runner.invoke(app, ["reset"], input="n\n", env={"IMGAUDIT_DATA_DIR": str(data), **db_env(data)})
     assert result.exit_code == 1
     assert json.loads(invoke("stats", "--json", IMGAUDIT_DATA_DIR=str(data)).stdout)["total"] == N_FILES
 
@@ -424,7 +430,9 @@ def test_ingest_url_list_with_cdn_base_from_toml(server: Server, tmp_path: Path)
     config.write_text(f'data_dir = "{data}"\n\n[fetch]\nallow_private = true\ncdn_base = "{server.base}"\n')
     urls = url_list(tmp_path / "urls.txt", server.base)
 
-    (row,) = cli("ingest", urls, "--config", config, "--json", data_dir=None, cwd=tmp_path).rows
+    (row,) = cli(
+        "ingest", urls, "--config", config, "--json", data_dir=None, cwd=tmp_path, **db_env(data)
+    ).rows
     assert row["enqueued"] == row["processed"] == N_URLS
     assert row["failed"] == 2 and row["errors"] == {"http_status": 1, "not_an_image": 1}
     assert row["duplicates"] == 2 and row["duplicate_stages"].get("exact_bytes") == 1
@@ -438,7 +446,14 @@ def test_ingest_url_list_with_cdn_base_from_toml(server: Server, tmp_path: Path)
 
     # check accepts URLs too, and names the original by its URL
     (mirror,) = cli(
-        "check", f"{server.base}z_o2_mirror.jpg", "--config", config, "--json", data_dir=None, cwd=tmp_path
+        "check",
+        f"{server.base}z_o2_mirror.jpg",
+        "--config",
+        config,
+        "--json",
+        data_dir=None,
+        cwd=tmp_path,
+        **db_env(data),
     ).rows
     assert mirror["decision"] == "duplicate" and mirror["original"] == f"{server.base}o2.jpg"
 
@@ -564,7 +579,10 @@ def test_missing_config_file(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
     root = tmp_path_factory.mktemp("demo")
-    run = cli("demo", "--out", root / "out", "--json", data_dir=root / "envdata", cwd=root)
+    # The demo's store is the SQLite file inside --out, whatever the backend under test.
+    run = cli(
+        "demo", "--out", root / "out", "--json", data_dir=root / "envdata", cwd=root, IMGAUDIT_DATABASE_URL=""
+    )
     return root, run
 
 
@@ -616,7 +634,7 @@ def test_search_top_k_zero_is_a_usage_error(ingested: Ingested) -> None:
     result = runner.invoke(
         app,
         ["search", "--image", ingested.sample.img("o0.jpg"), "--top-k", "0"],
-        env={"IMGAUDIT_DATA_DIR": str(ingested.data_dir)},
+        env={"IMGAUDIT_DATA_DIR": str(ingested.data_dir), **db_env(ingested.data_dir)},
     )
     assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), result.exception
 
@@ -626,7 +644,7 @@ def test_ingest_batch_size_zero_is_refused(sample: Sample, tmp_path: Path) -> No
     result = runner.invoke(
         app,
         ["ingest", str(sample.folder), "--json", "--batch-size", "0"],
-        env={"IMGAUDIT_DATA_DIR": str(tmp_path / "data")},
+        env={"IMGAUDIT_DATA_DIR": str(tmp_path / "data"), **db_env(tmp_path / "data")},
     )
     if result.exit_code == 0:
         (row,) = json_lines(result.stdout)

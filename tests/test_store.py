@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from imgaudit.types import Decision, DedupSignals, ImageRef, Stage, Status, Verd
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    s = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+def store(database_url: str) -> SqlStore:
+    s = SqlStore(database_url)
     yield s
     s.close()
 
@@ -119,21 +118,20 @@ def test_reset_empties_everything(store: SqlStore) -> None:
     assert store.counts()["status"] == {}
 
 
-def test_migrations_are_idempotent(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    SqlStore(url).close()
-    s = SqlStore(url)
+def test_migrations_are_idempotent(database_url: str) -> None:
+    SqlStore(database_url).close()
+    s = SqlStore(database_url)
     assert s.enqueue([ImageRef("/a")], "x") == (1, 0)
     s.close()
 
 
-def test_upgrade_from_the_first_revision_keeps_rows(tmp_path: Path) -> None:
+def test_upgrade_from_the_first_revision_keeps_rows(database_url: str) -> None:
     from alembic import command
     from sqlalchemy import inspect, text
 
     from imgaudit.store.db import alembic_config, make_engine
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = database_url
     engine = make_engine(url)
     cfg = alembic_config(url)
     with engine.begin() as conn:
