@@ -8,6 +8,7 @@ claimed; their lease expires and another worker takes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -88,10 +89,8 @@ class Worker:
     def _report(self, step: StepReport | None, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._status_at >= self.settings.worker.status_every:
-            try:
+            with contextlib.suppress(DBAPIError):  # keep the last known depth while the database is away
                 self._queue_depth = self.service.queue_depth()
-            except DBAPIError:
-                pass  # keep the last known depth while the database is away
             write_status(status_path(self.settings, self.name), self.status())
             self._status_at = now
 
