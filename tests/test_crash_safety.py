@@ -1,0 +1,149 @@
+"""Two real worker processes, SIGKILLed at random points and restarted, must leave a consistent store:
+every image in exactly one final state, exact copies never both unique, the index log and indexes
+holding exactly the unique images."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from imgaudit.config import load_settings
+from imgaudit.sources.files import FolderSource
+from imgaudit.store.repo import SqlStore
+from imgaudit.store.schema import ImageRow, IndexLogRow
+from imgaudit.testing import textured_image
+
+N_DISTINCT = 700
+N_COPIES = 300
+KILLS = 4
+TIMEOUT = 300
+
+
+def make_images(folder: Path, seed: int = 3) -> None:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    for i in range(N_DISTINCT):
+        textured_image(10_000 + i, (240, 180)).save(folder / f"o{i:04d}.jpg", quality=85)
+    for j in range(N_COPIES):
+        k = rng.randrange(N_DISTINCT)
+        src = folder / f"o{k:04d}.jpg"
+        if j % 3 == 0:  # same pixels, other container: caught by the store's exact lookup
+            Image.open(src).save(folder / f"c{j:04d}-{k}.png")
+        elif j % 3 == 1:  # same bytes
+            (folder / f"c{j:04d}-{k}.jpg").write_bytes(src.read_bytes())
+        else:  # re-encoded smaller: only the shared indexes can catch it
+            Image.open(src).resize((216, 162), Image.Resampling.LANCZOS).save(
+                folder / f"c{j:04d}-{k}.jpg", quality=80
+            )
+
+
+def start_worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "imgaudit.cli", "worker", "run", "--name", name],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.mark.model
+def test_workers_killed_at_random_points_lose_nothing(tmp_path: Path, database_url: str) -> None:
+    folder = tmp_path / "imgs"
+    make_images(folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGAUDIT_")}
+    env.update(
+        IMGAUDIT_DATA_DIR=str(tmp_path / "data"),
+        IMGAUDIT_DATABASE_URL=database_url,
+        IMGAUDIT_LEASE_SECONDS="5",
+        IMGAUDIT_WORKER__BATCH_SIZE="25",
+        IMGAUDIT_WORKER__IDLE_SLEEP="0.2",
+        IMGAUDIT_WORKER__SAVE_EVERY="3",
+        IMGAUDIT_MODELS__THREADS="1",
+    )
+    settings = load_settings(data_dir=tmp_path / "data", database_url=database_url)
+    store = SqlStore(settings.store_url)
+    assert store.enqueue(FolderSource(folder).refs(), "folder") == (N_DISTINCT + N_COPIES, 0)
+
+    rng = random.Random(11)
+    logs = {n: tmp_path / f"worker-{n}.log" for n in ("a", "b")}
+    procs = {n: start_worker(n, env, logs[n]) for n in logs}
+    kills = 0
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            status = store.counts()["status"]
+            left = sum(status.get(k, 0) for k in ("queued", "processing", "failed_retryable"))
+            if left == 0:
+                break
+            if kills < KILLS and status.get("done", 0) > 100 * (kills + 1):
+                victim = rng.choice(sorted(procs))
+                os.killpg(procs[victim].pid, signal.SIGKILL)  # no chance to clean up
+                procs[victim].wait()
+                kills += 1
+                time.sleep(rng.uniform(0, 1.0))
+                procs[victim] = start_worker(victim, env, logs[victim])
+            for n, p in procs.items():
+                assert p.poll() is None, f"worker {n} died: {logs[n].read_text()[-3000:]}"
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"queue not drained in {TIMEOUT}s: {store.counts()['status']}")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert kills == KILLS
+    for n, p in procs.items():
+        assert p.returncode == 0, f"worker {n} did not stop cleanly: {logs[n].read_text()[-3000:]}"
+
+    with store._session() as s:
+        rows = s.execute(
+            select(
+                ImageRow.id,
+                ImageRow.uri,
+                ImageRow.status,
+                ImageRow.decision,
+                ImageRow.duplicate_of,
+                ImageRow.indexed,
+            )
+        ).all()
+        log_ids = [r[0] for r in s.execute(select(IndexLogRow.image_id).where(IndexLogRow.op == "add"))]
+    assert len(rows) == N_DISTINCT + N_COPIES
+    assert Counter(r.status for r in rows) == {"done": N_DISTINCT + N_COPIES}
+    unique = {r.id for r in rows if r.decision == "unique"}
+    assert {r.id for r in rows if r.indexed} == unique
+    assert sorted(log_ids) == sorted(unique), "every unique image enters the index log exactly once"
+    for r in rows:
+        if r.decision == "duplicate":
+            assert r.duplicate_of in unique
+    groups: dict[str, list[int]] = defaultdict(list)  # original index -> the original and its copies
+    for r in rows:
+        name = Path(r.uri).stem
+        groups[name.split("-")[1] if name.startswith("c") else str(int(name[1:]))].append(r.id)
+    both = [ids for ids in groups.values() if len(unique.intersection(ids)) > 1]
+    assert not both, f"{len(both)} groups of copies have more than one 'unique' member"
+    assert len(unique) <= N_DISTINCT
+
+    # A fresh process agrees with the store: snapshot + log replay (or rebuild) gives the unique set.
+    from imgaudit.bootstrap import dedup_service
+
+    with dedup_service(settings) as svc:
+        assert len(svc.indexes) == len(unique)
+        assert all(i in svc.indexes.vectors for i in unique)
+    store.close()
