@@ -278,9 +278,11 @@ class Pipeline:
                     report.completions.append(
                         Completion(item.id, a.signals, verdict, d.format, d.width, d.height, index_it)
                     )
+                t_write = time.perf_counter()
                 report.lost = tx.finish(
                     report.completions, report.failures, self.settings.max_attempts, worker
                 )
+                report.timings["write"] += time.perf_counter() - t_write
                 self.synced_seq = max(self.synced_seq, tx.last_seq())
         except BaseException:
             # Nothing was written: take back what this batch put into the in-memory indexes.

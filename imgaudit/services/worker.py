@@ -116,9 +116,11 @@ class WorkerService:
         """Feed, claim one batch, process it, write back. An empty ``claimed`` means idle."""
         t = time.perf_counter()
         report = StepReport(fed=self.feed())
+        t_claim = time.perf_counter()
         claimed = self.store.claim(
             self.worker_id, self.settings.worker.batch_size, self.settings.lease_seconds
         )
+        claim_seconds = time.perf_counter() - t_claim
         report.claimed = len(claimed)
         if claimed:
             try:
@@ -126,6 +128,7 @@ class WorkerService:
             except BaseException:
                 self.store.release([c.id for c in claimed])
                 raise
+            report.batch.timings["claim"] += claim_seconds
         report.written_back = self.write_back()
         report.seconds = time.perf_counter() - t
         return report
