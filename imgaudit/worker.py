@@ -83,6 +83,8 @@ class Worker:
             "fed": self.stats.fed,
             "written_back": self.stats.written_back,
             "rate_per_minute": self.stats.rate_per_minute(),
+            "busy_seconds": round(self.stats.busy_seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.stats.timings.items()},
             "queue_depth": self._queue_depth,
         }
 

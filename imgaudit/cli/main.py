@@ -413,17 +413,26 @@ def worker_run(
     once: Annotated[bool, typer.Option(help="Stop when the queue is empty instead of waiting.")] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    daemon: Annotated[
+        bool, typer.Option("--daemon", hidden=True, help="Started by `worker start`: log to the file only.")
+    ] = False,
 ) -> None:
     """Run a worker in the foreground until SIGTERM/SIGINT (or, with --once, until the queue is empty)."""
     from imgaudit.bootstrap import worker_service
+    from imgaudit.cli.logs import check_worker_name, configure_logging
     from imgaudit.worker import Worker
 
     with _errors():
         settings = _settings(config)
+        # Detached (`worker start`), stdout/stderr already are the log file: stderr logging would double
+        # every line, and the summary below would be a stray line in a JSON Lines log.
+        configure_logging(settings, check_worker_name(name), to_stderr=not daemon, capture_std=daemon)
         with worker_service(settings) as svc:
             worker = Worker(settings, svc, name)
             worker.install_signal_handlers()
             stats = worker.run(once=once)
+        if daemon:
+            return
         if as_json:
             _emit({"event": "worker_stopped", **worker.status()})
         else:
@@ -503,3 +512,8 @@ def status(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+from imgaudit.cli.daemon import register as _register_daemon  # noqa: E402 - needs worker_app defined
+
+_register_daemon(worker_app)

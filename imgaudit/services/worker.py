@@ -52,6 +52,8 @@ class WorkerStats:
     fed: int = 0
     written_back: int = 0
     batches: int = 0
+    busy_seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
     recent: deque[tuple[float, int]] = field(default_factory=deque)
 
     def add(self, step: StepReport) -> None:
@@ -61,6 +63,9 @@ class WorkerStats:
             return
         b = step.batch
         n = len(b.completions) + len(b.failures)
+        self.busy_seconds += step.seconds
+        for k, v in b.timings.items():
+            self.timings[k] = self.timings.get(k, 0.0) + v
         self.batches += 1
         self.processed += n
         self.failed += len(b.failures)
