@@ -150,6 +150,11 @@ class ExternalTableSettings(_Group):
     """An existing business table used as the queue (the legacy MySQL contract). Off when url is empty."""
 
     url: str = Field("", description="SQLAlchemy URL of the business database (e.g. mysql+pymysql://...).")
+    name: str = Field(
+        "",
+        max_length=64,
+        description="Stable name of this source (keys its cursor and items); empty: table@host/db.",
+    )
     table: str = Field("", description="The content table.")
     key_column: str = Field("id", description="Unique, increasing key column.")
     image_column: str = Field("image_url", description="Column with the image URL or CDN-relative path.")

@@ -88,6 +88,13 @@ class CorruptImage(MediaError):
     reason = "corrupt"
 
 
+class ExternalUnavailable(ImgauditError):
+    """The external business database is unavailable."""
+
+    reason = "external_unavailable"
+    retryable = True
+
+
 class ModelError(ImgauditError):
     """A model could not be loaded or run."""
 

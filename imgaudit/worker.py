@@ -124,6 +124,8 @@ class Worker:
                     self.stop.wait(delay)
                     continue
                 self.stats.add(step)
+                if step.external_error:
+                    log.warning("business database unavailable: %s", step.external_error)
                 if step.batch is not None:
                     b = step.batch
                     log.info(

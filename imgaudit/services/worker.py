@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from imgaudit.config import Settings
+from imgaudit.errors import ExternalUnavailable
 from imgaudit.pipeline import BatchReport
 from imgaudit.services.dedup import DedupService
 from imgaudit.store.repo import ItemRecord
@@ -37,6 +38,7 @@ class StepReport:
     fed: int = 0
     claimed: int = 0
     written_back: int = 0
+    external_error: str | None = None  # the business database was unavailable during this step
     batch: BatchReport | None = None
     seconds: float = 0.0
 
@@ -120,7 +122,11 @@ class WorkerService:
     def step(self) -> StepReport:
         """Feed, claim one batch, process it, write back. An empty ``claimed`` means idle."""
         t = time.perf_counter()
-        report = StepReport(fed=self.feed())
+        report = StepReport()
+        try:
+            report.fed = self.feed()
+        except ExternalUnavailable as exc:  # keep working on what is already queued
+            report.external_error = exc.message
         t_claim = time.perf_counter()
         claimed = self.store.claim(
             self.worker_id, self.settings.worker.batch_size, self.settings.lease_seconds
@@ -134,7 +140,10 @@ class WorkerService:
                 self.store.release([c.id for c in claimed])
                 raise
             report.batch.timings["claim"] += claim_seconds
-        report.written_back = self.write_back()
+        try:
+            report.written_back = self.write_back()
+        except ExternalUnavailable as exc:  # verdicts stay pending in the store; written next time
+            report.external_error = exc.message
         report.seconds = time.perf_counter() - t
         return report
 

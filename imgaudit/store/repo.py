@@ -166,7 +166,10 @@ class _ExternalMixin:
         original = aliased(ImageRow)
         with self._session() as s:
             rows = s.execute(
-                select(ImageRow, original.external_key)
+                # The original's key means something to the business table only if it came from it.
+                select(
+                    ImageRow, case((original.source == ImageRow.source, original.external_key), else_=None)
+                )
                 .join(original, ImageRow.duplicate_of == original.id, isouter=True)
                 .where(ImageRow.writeback == "pending")
                 .order_by(ImageRow.id)
@@ -598,7 +601,8 @@ class DecisionTx:
             row.processed_at = now
             row.processed_by = worker
             row.updated_at = now
-            row.writeback = "pending" if row.kind == "key" else None
+            # Only a final verdict goes back to a business table; retryable failures are retried first.
+            row.writeback = "pending" if row.kind == "key" and permanent else None
             s.add(
                 EventRow(
                     image_id=f.id,
