@@ -88,6 +88,11 @@ class Worker:
             "queue_depth": self._queue_depth,
         }
 
+    def _claimed(self, n: int) -> None:
+        """Show "working" while a batch is in hand, not only after it (long batches)."""
+        self.state = "working"
+        self._report(None, force=True)
+
     def _report(self, step: StepReport | None, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._status_at >= self.settings.worker.status_every:
@@ -110,7 +115,7 @@ class Worker:
             while not self.stop.is_set():
                 self.state = "working"
                 try:
-                    step = self.service.step()
+                    step = self.service.step(self._claimed)
                     failures_in_a_row = 0
                 except DBAPIError as exc:
                     # The database went away (restart, failover, network): items claimed by the failed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -119,7 +120,7 @@ class WorkerService:
         self.store.mark_written([rec.id for rec, _ in pending])
         return len(pending)
 
-    def step(self) -> StepReport:
+    def step(self, on_claimed: Callable[[int], None] | None = None) -> StepReport:
         """Feed, claim one batch, process it, write back. An empty ``claimed`` means idle."""
         t = time.perf_counter()
         report = StepReport()
@@ -133,6 +134,8 @@ class WorkerService:
         )
         claim_seconds = time.perf_counter() - t_claim
         report.claimed = len(claimed)
+        if claimed and on_claimed is not None:
+            on_claimed(len(claimed))
         if claimed:
             try:
                 report.batch = self.dedup.pipeline.process(claimed, self.worker_id)
