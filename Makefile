@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench-dedup clean
+.PHONY: install demo test test-all test-dbs dbs-start dbs-stop lint bench-dedup clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
@@ -21,10 +21,43 @@ install: $(STAMP)
 demo: install
 	$(BIN)/imgaudit demo --out demo
 
+# `make test`: the suite with the store on SQLite; tests that need MariaDB skip. With CI=true or
+# IMGAUDIT_TEST_DBS=1 it does what `make test-all` does: start throwaway PostgreSQL and MariaDB servers
+# (scripts/dbs.sh, which installs them with apt-get if missing) and run the suite twice, with the store
+# on SQLite and then on PostgreSQL, MariaDB serving the external-table tests both times. CI stops the
+# servers afterwards; locally they keep running for the next run (`make dbs-stop`).
+FULL_DBS := $(filter 1 true,$(IMGAUDIT_TEST_DBS) $(CI))
+DBS := bash scripts/dbs.sh
+
 test: install
 	$(BIN)/ruff check imgaudit tests bench
 	$(BIN)/lint-imports
+ifeq ($(FULL_DBS),)
 	$(BIN)/pytest -q
+else
+	@$(MAKE) --no-print-directory test-dbs
+endif
+
+test-all: install
+	$(BIN)/ruff check imgaudit tests bench
+	$(BIN)/lint-imports
+	@$(MAKE) --no-print-directory test-dbs
+
+test-dbs: install
+	$(DBS) start
+	@eval "$$($(DBS) env)"; rc=0; \
+	echo "== pytest, store on SQLite (MariaDB for external tables)"; \
+	IMGAUDIT_TEST_BACKEND=sqlite $(BIN)/pytest -q || rc=1; \
+	echo "== pytest, store on PostgreSQL (MariaDB for external tables)"; \
+	IMGAUDIT_TEST_BACKEND=postgresql $(BIN)/pytest -q || rc=1; \
+	if [ "$(CI)" = true ]; then $(DBS) stop || rc=1; fi; \
+	exit $$rc
+
+dbs-start:
+	$(DBS) start
+
+dbs-stop:
+	$(DBS) stop
 
 lint: install
 	$(BIN)/ruff check imgaudit tests bench

@@ -155,26 +155,18 @@ def test_upgrade_from_the_first_revision_keeps_rows(database_url: str) -> None:
 
 
 def test_workers_opening_a_fresh_store_together_all_succeed(database_url: str) -> None:
-    """Several workers starting at once on an empty database: one migrates, the others wait and find
-    the schema in place (on PostgreSQL concurrent CREATE TABLEs would otherwise collide)."""
-    import threading
+    """Several worker processes starting at once on an empty database: one migrates, the others wait and
+    find the schema in place (on PostgreSQL their CREATE TABLEs would otherwise collide)."""
+    import subprocess
+    import sys
 
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
-
-    def open_store() -> None:
-        try:
-            barrier.wait()
-            SqlStore(database_url).close()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_store) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    code = "import sys; from imgaudit.store.repo import SqlStore; SqlStore(sys.argv[1]).close()"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)
     s = SqlStore(database_url)
     assert s.enqueue([ImageRef("/a")], "x") == (1, 0)
     s.close()

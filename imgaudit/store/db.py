@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK_KEY = 0x1A6A0D16  # PostgreSQL advisory lock held while migrating (not repo's dedup key)
 
 
 def make_engine(url: str) -> Engine:
@@ -46,10 +47,14 @@ def alembic_config(url: str):
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent, and safe when several workers start at once:
+    on SQLite BEGIN IMMEDIATE serialises them; on PostgreSQL a transaction-level advisory lock does, and
+    whoever comes second sees the first one's committed schema and has nothing left to do)."""
     from alembic import command
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
