@@ -170,3 +170,24 @@ def test_workers_opening_a_fresh_store_together_all_succeed(database_url: str) -
     s = SqlStore(database_url)
     assert s.enqueue([ImageRef("/a")], "x") == (1, 0)
     s.close()
+
+
+def test_concurrent_enqueues_of_the_same_items_do_not_fail(store: SqlStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    refs = [ImageRef(f"/same/{i}") for i in range(300)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: store.enqueue(refs, "folder"), range(4)))
+    assert sum(added for added, _ in results) == 300
+    assert all(added + skipped == 300 for added, skipped in results)
+    assert store.counts()["status"] == {"queued": 300}
+
+
+def test_cursor_upsert_and_nul_in_errors(store: SqlStore) -> None:
+    store.set_cursor("external:t", "5")
+    store.set_cursor("external:t", "9")
+    assert store.get_cursor("external:t") == "9"
+    store.enqueue([ImageRef("/x")], "folder")
+    (c,) = store.claim("w", 1, 60)
+    store.finish([], [Failure(c.id, CorruptImage("bad \x00 byte"))], 1)
+    assert "\\x00" in store.get(c.id).last_error

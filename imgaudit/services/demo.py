@@ -25,7 +25,8 @@ def run_demo(
     out_dir = out_dir.resolve()
     sample_dir = out_dir / "samples"
     answers = build_samples(sample_dir)
-    settings = load_settings(data_dir=out_dir / "data")
+    # The demo owns its own SQLite store: it resets it, so it must never touch a configured database.
+    settings = load_settings(data_dir=out_dir / "data", database_url="")
     with open_service(settings) as svc:
         svc.reset()
         enqueued, _ = svc.enqueue(FolderSource(sample_dir).refs(), "folder")

@@ -52,7 +52,7 @@ class UrlListSource:
 
         with open(self.path, encoding="utf-8") as f:
             for line in f:
-                line = line.strip()
+                line = line.strip().replace("\x00", "")  # NUL cannot be part of a URL
                 if line and not line.startswith("#"):
                     yield ImageRef(join_url(self.cdn_base, line), "url")
 

@@ -153,12 +153,14 @@ class _ExternalMixin:
             return s.scalar(select(SourceStateRow.value).where(SourceStateRow.name == name))
 
     def set_cursor(self: SqlStore, name: str, value: str) -> None:  # type: ignore[misc]
+        now = utcnow()
+        stmt = (
+            self._insert(SourceStateRow)
+            .values(name=name, value=value, updated_at=now)
+            .on_conflict_do_update(index_elements=["name"], set_={"value": value, "updated_at": now})
+        )
         with self._session() as s, s.begin():
-            row = s.get(SourceStateRow, name)
-            if row is None:
-                s.add(SourceStateRow(name=name, value=value, updated_at=utcnow()))
-            else:
-                row.value, row.updated_at = value, utcnow()
+            s.execute(stmt)
 
     def pending_writebacks(self: SqlStore, limit: int) -> list[tuple[ItemRecord, str | None]]:  # type: ignore[misc]
         """Finished external items whose verdict is not yet in the business table, with the external
@@ -220,6 +222,14 @@ class SqlStore(_ExternalMixin):
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def _insert(self):
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
+
     def _session(self) -> Session:
         return self._sessions()
 
@@ -236,29 +246,30 @@ class SqlStore(_ExternalMixin):
             hashes = {
                 uri_hash(f"key:{source}:{r.external_key}" if r.kind == "key" else r.uri): r for r in chunk
             }
+            now = utcnow()
+            rows = [
+                dict(
+                    source=source,
+                    kind=r.kind,
+                    uri=r.uri,
+                    uri_hash=h,
+                    external_key=r.external_key,
+                    status=Status.QUEUED,
+                    attempts=0,
+                    available_at=now,
+                    created_at=now,
+                    updated_at=now,
+                    indexed=0,
+                )
+                for h, r in hashes.items()
+            ]
+            # INSERT ... ON CONFLICT DO NOTHING: concurrent enqueues of the same items (two feeders, a
+            # re-run while a worker feeds) skip what the other inserted instead of failing the chunk.
+            stmt = self._insert(ImageRow).values(rows).on_conflict_do_nothing(index_elements=["uri_hash"])
             with self._session() as s, s.begin():
-                known = set(s.scalars(select(ImageRow.uri_hash).where(ImageRow.uri_hash.in_(hashes))))
-                now = utcnow()
-                for h, r in hashes.items():
-                    if h in known:
-                        continue
-                    s.add(
-                        ImageRow(
-                            source=source,
-                            kind=r.kind,
-                            uri=r.uri,
-                            uri_hash=h,
-                            external_key=r.external_key,
-                            status=Status.QUEUED,
-                            attempts=0,
-                            available_at=now,
-                            created_at=now,
-                            updated_at=now,
-                            indexed=0,
-                        )
-                    )
-                added += len(hashes) - len(known)
-                skipped += len(chunk) - (len(hashes) - len(known))
+                new = len(s.execute(stmt.returning(ImageRow.id)).all())
+            added += new
+            skipped += len(chunk) - new
             chunk.clear()
 
         for ref in refs:
@@ -559,7 +570,7 @@ class DecisionTx:
                     duplicate_of=v.duplicate_of,
                     score=v.score,
                     stage=v.stage.value,
-                    evidence=dict(v.detail) or None,
+                    evidence=_finite(v.detail),
                     indexed=int(c.indexed),
                     error_reason=None,
                     last_error=None,
@@ -594,7 +605,7 @@ class DecisionTx:
             permanent = not f.error.retryable or row.attempts >= max_attempts
             row.status = Status.FAILED_PERMANENT if permanent else Status.FAILED_RETRYABLE
             row.error_reason = f.error.reason
-            row.last_error = f.error.message[:2000]
+            row.last_error = _printable(f.error.message)[:2000]
             row.claimed_by = None
             row.lease_until = None
             row.available_at = now + timedelta(seconds=RETRY_BACKOFF_SECONDS * 2 ** max(row.attempts - 1, 0))
@@ -613,6 +624,19 @@ class DecisionTx:
                 )
             )
         return lost
+
+
+def _printable(text_: str) -> str:
+    """PostgreSQL text cannot hold NUL; an error message quoting binary data must not fail the batch."""
+    return text_.replace("\x00", "\\x00")
+
+
+def _finite(detail: dict[str, float]) -> dict[str, float] | None:
+    """JSON on PostgreSQL refuses NaN and infinities."""
+    import math
+
+    clean = {k: v for k, v in detail.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    return clean or None
 
 
 def _find_exact(s: Session, sha256: str, pixel_sha256: str) -> tuple[int, str] | None:
