@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def run(images: Path, workers: int, threads: int, admin_url: str | None, work: P
     # Load the model in each process before the clock starts: warm-up is not throughput.
     cmd = [sys.executable, "-m", "imgaudit.cli", "worker", "run", "--once", "--json"]
     t = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     procs = [
         subprocess.Popen(
             [*cmd, "--name", f"b{i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -67,6 +69,8 @@ def run(images: Path, workers: int, threads: int, admin_url: str | None, work: P
     ]
     outs = [json.loads(p.communicate()[0].decode().strip().splitlines()[-1]) for p in procs]
     wall = time.perf_counter() - t
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     processed = sum(o["processed"] for o in outs)
     busy = sum(o["busy_seconds"] for o in outs)
     claim = sum(o["timings"].get("claim", 0) for o in outs)
@@ -82,7 +86,9 @@ def run(images: Path, workers: int, threads: int, admin_url: str | None, work: P
         "images_per_s": processed / (wall - startup),
         "queue_overhead": (claim + write) / busy,
         "claim_ms_per_batch": 1000 * claim / max(1, -(-processed // 100)),
+        "timings": {k: round(sum(o["timings"].get(k, 0) for o in outs), 1) for k in outs[0]["timings"]},
         "backend": make_url(url).get_backend_name(),
+        "cores_used": cpu / wall,
     }
 
 
@@ -94,16 +100,22 @@ def main() -> None:
     load_settings()  # validate the environment early
     with tempfile.TemporaryDirectory() as tmp:
         results = [
+            run(args.images, 1, 1, args.database_url, Path(tmp)),
             run(args.images, 1, 0, args.database_url, Path(tmp)),
             run(args.images, 2, 1, args.database_url, Path(tmp)),
         ]
+    for r in results:
+        print(r["config"], "- stage seconds, all workers:", r["timings"], file=sys.stderr)
     base = results[0]["images_per_s"]
-    print("| configuration | store | images | images/s (excl. model load) | vs one worker | queue overhead |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| configuration | store | images | images/s (excl. model load) | vs one worker, one thread | "
+        "CPU cores busy | queue overhead (claim + write) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['config']} | {r['backend']} | {r['processed']} | {r['images_per_s']:.1f} | "
-            f"{r['images_per_s'] / base:.2f}× | {r['queue_overhead']:.1%} |"
+            f"{r['images_per_s'] / base:.2f}× | {r['cores_used']:.2f} | {r['queue_overhead']:.1%} |"
         )
 
 

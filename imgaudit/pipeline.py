@@ -248,6 +248,14 @@ class Pipeline:
         # Outside the lock: verify against what is indexed now; results are remembered.
         t = time.perf_counter()
         verifiers = {item.id: self.verifier(a) for item, a in ok}
+        # Thumbnails are encoded now, outside the lock; only the uniques' are written, under it.
+        thumbs = dict(
+            zip(
+                (item.id for item, _ in ok),
+                self._pool.map(lambda ia: ThumbStore.encode(ia[1].decoded.pixels), ok),
+                strict=True,
+            )
+        )
         for item, a in ok:
             assert a.signals is not None
             decide(self.lookups(a.signals, {}, _no_exact), verifiers[item.id], cfg)
@@ -270,7 +278,7 @@ class Pipeline:
                             np.array([item.id], np.int64), [a.signals.phash], a.signals.embedding[None, :]
                         )
                         added.append(item.id)
-                        self.thumbs.put(item.id, a.decoded.pixels)
+                        self.thumbs.put_bytes(item.id, thumbs[item.id])
                     if verdict.decision == Decision.UNIQUE:
                         batch_exact.setdefault("b:" + a.signals.sha256, (item.id, Stage.EXACT_BYTES))
                         batch_exact.setdefault("p:" + a.signals.pixel_sha256, (item.id, Stage.EXACT_PIXELS))

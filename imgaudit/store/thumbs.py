@@ -22,15 +22,23 @@ class ThumbStore:
     def path(self, image_id: int) -> Path:
         return self.root / f"{image_id // 1000:06d}" / f"{image_id}.jpg"
 
-    def put(self, image_id: int, pixels: np.ndarray) -> None:
+    @staticmethod
+    def encode(pixels: np.ndarray) -> bytes:
+        """The thumbnail's bytes: the costly part, done before the dedup lock is taken."""
         im = Image.fromarray(pixels)
         im.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=THUMB_QUALITY)
+        return buf.getvalue()
+
+    def put(self, image_id: int, pixels: np.ndarray) -> None:
+        self.put_bytes(image_id, self.encode(pixels))
+
+    def put_bytes(self, image_id: int, data: bytes) -> None:
         path = self.path(image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
 
     def get(self, image_id: int) -> np.ndarray | None:
