@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import and_, case, delete, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from imgaudit.errors import ImgauditError, NotFound
@@ -544,85 +544,109 @@ class DecisionTx:
         worker: str | None = None,
     ) -> list[int]:
         """Record results; an item is only written while still claimed by ``worker`` (when given): a
-        worker whose lease expired must not overwrite the result of the worker that took over."""
-        s, now, lost = self.s, utcnow(), []
-        pending_writeback = case((ImageRow.kind == "key", "pending"), else_=None)
+        worker whose lease expired must not overwrite the result of the worker that took over.
 
-        def mine(item_id: int):
-            cond = and_(ImageRow.id == item_id, ImageRow.status == Status.PROCESSING)
-            return and_(cond, ImageRow.claimed_by == worker) if worker else cond
-
+        A handful of statements per batch, whatever its size: one locking read of the rows still ours,
+        then executemany updates and inserts (one round trip each with psycopg's pipelining)."""
+        s, now = self.s, utcnow()
+        ids = [c.id for c in completions] + [f.id for f in failures]
+        if not ids:
+            return []
+        q = select(ImageRow.id, ImageRow.attempts, ImageRow.kind).where(
+            ImageRow.id.in_(ids), ImageRow.status == Status.PROCESSING
+        )
+        if worker:
+            q = q.where(ImageRow.claimed_by == worker)
+        # FOR UPDATE: a claim racing for an expired lease skips these rows until we commit.
+        ours = {r.id: r for r in s.execute(q.with_for_update())}
+        lost = [i for i in ids if i not in ours]
+        updates: list[dict[str, object]] = []
+        log_rows: list[dict[str, object]] = []
+        events: list[dict[str, object]] = []
         for c in completions:
-            v = c.verdict
-            res = s.execute(
-                update(ImageRow)
-                .where(mine(c.id))
-                .values(
-                    status=Status.DONE,
-                    sha256=c.signals.sha256,
-                    pixel_sha256=c.signals.pixel_sha256,
-                    phash=to_signed(c.signals.phash),
-                    embedding=pack_embedding(c.signals.embedding),
-                    format=c.format,
-                    width=c.width,
-                    height=c.height,
-                    decision=v.decision.value,
-                    duplicate_of=v.duplicate_of,
-                    score=v.score,
-                    stage=v.stage.value,
-                    evidence=_finite(v.detail),
-                    indexed=int(c.indexed),
-                    error_reason=None,
-                    last_error=None,
-                    claimed_by=None,
-                    lease_until=None,
-                    processed_at=now,
-                    processed_by=worker,
-                    updated_at=now,
-                    writeback=pending_writeback,
-                )
-            )
-            if not res.rowcount:
-                lost.append(c.id)
+            if c.id not in ours:
                 continue
-            if c.indexed:
-                s.add(IndexLogRow(image_id=c.id, op="add", at=now))
-            of = f" of #{v.duplicate_of}" if v.duplicate_of else ""
-            s.add(
-                EventRow(
-                    image_id=c.id,
-                    at=now,
-                    event="done",
-                    worker=worker,
-                    detail=f"{v.decision.value} ({v.stage.value}){of}",
-                )
+            v = c.verdict
+            updates.append(
+                {
+                    "id": c.id,
+                    "status": Status.DONE,
+                    "sha256": c.signals.sha256,
+                    "pixel_sha256": c.signals.pixel_sha256,
+                    "phash": to_signed(c.signals.phash),
+                    "embedding": pack_embedding(c.signals.embedding),
+                    "format": c.format,
+                    "width": c.width,
+                    "height": c.height,
+                    "decision": v.decision.value,
+                    "duplicate_of": v.duplicate_of,
+                    "score": v.score,
+                    "stage": v.stage.value,
+                    "evidence": _finite(v.detail),
+                    "indexed": int(c.indexed),
+                    "error_reason": None,
+                    "last_error": None,
+                    "claimed_by": None,
+                    "lease_until": None,
+                    "processed_at": now,
+                    "processed_by": worker,
+                    "updated_at": now,
+                    "writeback": "pending" if ours[c.id].kind == "key" else None,
+                }
             )
+            if c.indexed:
+                log_rows.append({"image_id": c.id, "op": "add", "at": now})
+            of = f" of #{v.duplicate_of}" if v.duplicate_of else ""
+            events.append(
+                {
+                    "image_id": c.id,
+                    "at": now,
+                    "event": "done",
+                    "worker": worker,
+                    "detail": f"{v.decision.value} ({v.stage.value}){of}",
+                }
+            )
+        failed: list[dict[str, object]] = []
         for f in failures:
-            row = s.scalars(select(ImageRow).where(mine(f.id))).first()
+            row = ours.get(f.id)
             if row is None:
-                lost.append(f.id)
                 continue
             permanent = not f.error.retryable or row.attempts >= max_attempts
-            row.status = Status.FAILED_PERMANENT if permanent else Status.FAILED_RETRYABLE
-            row.error_reason = f.error.reason
-            row.last_error = _printable(f.error.message)[:2000]
-            row.claimed_by = None
-            row.lease_until = None
-            row.available_at = now + timedelta(seconds=RETRY_BACKOFF_SECONDS * 2 ** max(row.attempts - 1, 0))
-            row.processed_at = now
-            row.processed_by = worker
-            row.updated_at = now
-            # Only a final verdict goes back to a business table; retryable failures are retried first.
-            row.writeback = "pending" if row.kind == "key" and permanent else None
-            s.add(
-                EventRow(
-                    image_id=f.id,
-                    at=now,
-                    event=row.status,
-                    worker=worker,
-                    detail=f"{f.error.reason}: {row.last_error}",
-                )
+            status = Status.FAILED_PERMANENT if permanent else Status.FAILED_RETRYABLE
+            message = _printable(f.error.message)[:2000]
+            failed.append(
+                {
+                    "id": f.id,
+                    "status": status,
+                    "error_reason": f.error.reason,
+                    "last_error": message,
+                    "claimed_by": None,
+                    "lease_until": None,
+                    "available_at": now
+                    + timedelta(seconds=RETRY_BACKOFF_SECONDS * 2 ** max(row.attempts - 1, 0)),
+                    "processed_at": now,
+                    "processed_by": worker,
+                    "updated_at": now,
+                    # Only a final verdict goes back to a business table; retryable failures are retried.
+                    "writeback": "pending" if row.kind == "key" and permanent else None,
+                }
             )
+            events.append(
+                {
+                    "image_id": f.id,
+                    "at": now,
+                    "event": status.value,
+                    "worker": worker,
+                    "detail": f"{f.error.reason}: {message}",
+                }
+            )
+        for rows in (updates, failed):
+            if rows:
+                s.execute(update(ImageRow), rows)  # executemany by primary key
+        if log_rows:
+            s.execute(insert(IndexLogRow), log_rows)
+        if events:
+            s.execute(insert(EventRow), events)
         return lost
 
 
