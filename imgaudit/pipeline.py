@@ -266,11 +266,15 @@ class Pipeline:
         try:
             with self.store.decision_lock() as tx:
                 self.sync(tx.index_changes(self.synced_seq))
+                find_exact = tx.exact_finder(
+                    [a.signals.sha256 for _, a in ok if a.signals],
+                    [a.signals.pixel_sha256 for _, a in ok if a.signals],
+                )
                 batch_exact: dict[str, tuple[int, Stage]] = {}
                 for item, a in ok:
                     assert a.signals is not None and a.decoded is not None
                     verdict = decide(
-                        self.lookups(a.signals, batch_exact, tx.find_exact), verifiers[item.id], cfg
+                        self.lookups(a.signals, batch_exact, find_exact), verifiers[item.id], cfg
                     )
                     index_it = verdict.decision == Decision.UNIQUE or cfg.index_duplicates
                     if index_it:

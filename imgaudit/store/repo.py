@@ -529,6 +529,31 @@ class DecisionTx:
     def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None:
         return _find_exact(self.s, sha256, pixel_sha256)
 
+    def exact_finder(self, sha256s: Sequence[str], pixel_sha256s: Sequence[str]):
+        """``find_exact`` for a whole batch from one query: returns the same answers, one round trip."""
+        rows = self.s.execute(
+            select(ImageRow.id, ImageRow.duplicate_of, ImageRow.sha256, ImageRow.pixel_sha256)
+            .where(
+                ImageRow.status == Status.DONE,
+                or_(ImageRow.sha256.in_(set(sha256s)), ImageRow.pixel_sha256.in_(set(pixel_sha256s))),
+            )
+            .order_by(ImageRow.id)
+        ).all()
+        by_bytes: dict[str, int] = {}
+        by_pixels: dict[str, int] = {}
+        for r in rows:  # lowest id first, as in find_exact
+            by_bytes.setdefault(r.sha256, r.duplicate_of or r.id)
+            by_pixels.setdefault(r.pixel_sha256, r.duplicate_of or r.id)
+
+        def find(sha256: str, pixel_sha256: str) -> tuple[int, str] | None:
+            if sha256 in by_bytes:
+                return by_bytes[sha256], "exact_bytes"
+            if pixel_sha256 in by_pixels:
+                return by_pixels[pixel_sha256], "exact_pixels"
+            return None
+
+        return find
+
     def last_seq(self) -> int:
         self.s.flush()
         return int(self.s.scalar(select(func.coalesce(func.max(IndexLogRow.seq), 0))) or 0)
