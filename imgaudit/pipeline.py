@@ -188,9 +188,12 @@ class Pipeline:
             cosine_of,
         )
 
-    def verifier(self, a: Analysed) -> Callable[[int], local_features.Verification]:
-        """Geometric verification of ``a`` against indexed thumbnails; query features are computed once
-        and each candidate is verified once (the result is remembered)."""
+    def verifier(
+        self, a: Analysed, pending: dict[int, bytes] | None = None
+    ) -> Callable[[int], local_features.Verification]:
+        """Geometric verification of ``a`` against indexed thumbnails (or, for images of the same batch
+        not yet written, their encoded thumbnails in ``pending``); query features are computed once and
+        each candidate is verified once (the result is remembered)."""
         assert a.signals is not None and a.decoded is not None
         views = [a.decoded.pixels] + ([_crop(a)] if a.signals.inner_box is not None else [])
         features: list[local_features.Features] = []
@@ -199,7 +202,11 @@ class Pipeline:
         def verify(candidate: int) -> local_features.Verification:
             if candidate in memo:
                 return memo[candidate]
-            thumb = self.thumbs.get(candidate)
+            thumb = (
+                ThumbStore.decode(pending[candidate])
+                if pending and candidate in pending
+                else self.thumbs.get(candidate)
+            )
             if thumb is None:
                 return local_features.NOT_VERIFIED
             if not features:
@@ -208,6 +215,27 @@ class Pipeline:
             return memo[candidate]
 
         return verify
+
+    def _verify_within_batch(
+        self,
+        ok: list[tuple[Claimed, Analysed]],
+        verifiers: dict[int, Callable[[int], object]],
+        settled: set[int],
+    ) -> None:
+        """Copies inside one batch meet only under the lock, when the earlier one has just been indexed;
+        verify such pairs now, in parallel with other workers, so the lock finds the answers remembered."""
+        if len(ok) < 2:
+            return
+        cfg = self.settings.dedup
+        emb = np.stack([a.signals.embedding for _, a in ok])  # type: ignore[union-attr]
+        sims = emb @ emb.T
+        for j in range(1, len(ok)):
+            earlier = sims[j, :j]
+            if ok[j][0].id in settled or earlier.max() >= cfg.embed_duplicate:
+                continue  # decided without verification
+            band = np.flatnonzero((earlier >= cfg.embed_verify) & (earlier < cfg.embed_duplicate))
+            for i in band[np.argsort(-earlier[band])][: cfg.verify_candidates]:
+                verifiers[ok[j][0].id](ok[int(i)][0].id)
 
     def sync(self, changes: Sequence[IndexChange]) -> None:
         """Apply index-log entries written by any worker since this process last looked."""
@@ -247,7 +275,6 @@ class Pipeline:
 
         # Outside the lock: verify against what is indexed now; results are remembered.
         t = time.perf_counter()
-        verifiers = {item.id: self.verifier(a) for item, a in ok}
         # Thumbnails are encoded now, outside the lock; only the uniques' are written, under it.
         thumbs = dict(
             zip(
@@ -256,9 +283,13 @@ class Pipeline:
                 strict=True,
             )
         )
+        verifiers = {item.id: self.verifier(a, thumbs) for item, a in ok}
+        settled: set[int] = set()  # already a duplicate of something indexed: nothing more to verify
         for item, a in ok:
             assert a.signals is not None
-            decide(self.lookups(a.signals, {}, _no_exact), verifiers[item.id], cfg)
+            if decide(self.lookups(a.signals, {}, _no_exact), verifiers[item.id], cfg).duplicate_of:
+                settled.add(item.id)
+        self._verify_within_batch([(c, a) for c, a in ok], verifiers, settled)
         report.timings["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()

@@ -31,6 +31,11 @@ class ThumbStore:
         im.save(buf, "JPEG", quality=THUMB_QUALITY)
         return buf.getvalue()
 
+    @staticmethod
+    def decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+
     def put(self, image_id: int, pixels: np.ndarray) -> None:
         self.put_bytes(image_id, self.encode(pixels))
 
