@@ -301,6 +301,14 @@ stop)
     stop_pg
     stop_mariadb
     ;;
+restart-pg)
+    # For tests of database outages: PostgreSQL goes away (fast shutdown drops every connection) and
+    # comes back after ${2:-1} seconds with its data intact.
+    lock
+    stop_pg
+    sleep "${2:-1}"
+    start_pg
+    ;;
 status)
     rc=0
     if pg_running; then
@@ -321,7 +329,7 @@ env)
     print_env
     ;;
 *)
-    echo "usage: $0 start|stop|status|env" >&2
+    echo "usage: $0 start|stop|restart-pg [SECONDS]|status|env" >&2
     exit 2
     ;;
 esac

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from imgaudit.config import load_settings
 from imgaudit.sources.files import FolderSource
@@ -58,8 +60,9 @@ def start_worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
-@pytest.mark.model
-def test_workers_killed_at_random_points_lose_nothing(tmp_path: Path, database_url: str) -> None:
+def drain(tmp_path: Path, database_url: str, disrupt: Callable[..., None]) -> None:
+    """Enqueue the images, run two workers until the queue is empty, calling ``disrupt`` with the
+    number of finished items as they work; then stop them and check every invariant."""
     folder = tmp_path / "imgs"
     make_images(folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGAUDIT_")}
@@ -76,24 +79,21 @@ def test_workers_killed_at_random_points_lose_nothing(tmp_path: Path, database_u
     store = SqlStore(settings.store_url)
     assert store.enqueue(FolderSource(folder).refs(), "folder") == (N_DISTINCT + N_COPIES, 0)
 
-    rng = random.Random(11)
     logs = {n: tmp_path / f"worker-{n}.log" for n in ("a", "b")}
     procs = {n: start_worker(n, env, logs[n]) for n in logs}
-    kills = 0
+    restart = {n: (lambda n=n: start_worker(n, env, logs[n])) for n in logs}
     deadline = time.monotonic() + TIMEOUT
     try:
         while time.monotonic() < deadline:
-            status = store.counts()["status"]
+            try:
+                status = store.counts()["status"]
+            except OperationalError:  # the database is restarting
+                time.sleep(0.5)
+                continue
             left = sum(status.get(k, 0) for k in ("queued", "processing", "failed_retryable"))
             if left == 0:
                 break
-            if kills < KILLS and status.get("done", 0) > 100 * (kills + 1):
-                victim = rng.choice(sorted(procs))
-                os.killpg(procs[victim].pid, signal.SIGKILL)  # no chance to clean up
-                procs[victim].wait()
-                kills += 1
-                time.sleep(rng.uniform(0, 1.0))
-                procs[victim] = start_worker(victim, env, logs[victim])
+            disrupt(procs, status.get("done", 0), restart)
             for n, p in procs.items():
                 assert p.poll() is None, f"worker {n} died: {logs[n].read_text()[-3000:]}"
             time.sleep(0.2)
@@ -108,10 +108,51 @@ def test_workers_killed_at_random_points_lose_nothing(tmp_path: Path, database_u
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
-    assert kills == KILLS
     for n, p in procs.items():
         assert p.returncode == 0, f"worker {n} did not stop cleanly: {logs[n].read_text()[-3000:]}"
+    check_invariants(settings, store)
+    store.close()
 
+
+@pytest.mark.model
+def test_workers_killed_at_random_points_lose_nothing(tmp_path: Path, database_url: str) -> None:
+    rng = random.Random(11)
+    kills = []
+
+    def kill_one(procs, done, restart) -> None:
+        if len(kills) < KILLS and done > 100 * (len(kills) + 1):
+            victim = rng.choice(sorted(procs))
+            os.killpg(procs[victim].pid, signal.SIGKILL)  # no chance to clean up
+            procs[victim].wait()
+            kills.append(victim)
+            time.sleep(rng.uniform(0, 1.0))
+            procs[victim] = restart[victim]()
+
+    drain(tmp_path, database_url, kill_one)
+    assert len(kills) == KILLS
+
+
+@pytest.mark.model
+def test_workers_survive_a_database_restart(tmp_path: Path, database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip(
+            "a database server restart needs the PostgreSQL backend (IMGAUDIT_TEST_BACKEND=postgresql)"
+        )
+    restarts = []
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dbs.sh"
+
+    def restart_db(procs, done, restart) -> None:
+        if not restarts and done > 150:
+            subprocess.run(["bash", str(script), "restart-pg", "2"], check=True, capture_output=True)
+            restarts.append(done)
+
+    drain(tmp_path, database_url, restart_db)
+    assert restarts
+    logs = "".join((tmp_path / f"worker-{n}.log").read_text() for n in ("a", "b"))
+    assert "database unavailable" in logs  # the workers really lost the database, and carried on
+
+
+def check_invariants(settings, store: SqlStore) -> None:
     with store._session() as s:
         rows = s.execute(
             select(
@@ -146,4 +187,3 @@ def test_workers_killed_at_random_points_lose_nothing(tmp_path: Path, database_u
     with dedup_service(settings) as svc:
         assert len(svc.indexes) == len(unique)
         assert all(i in svc.indexes.vectors for i in unique)
-    store.close()
