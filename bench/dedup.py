@@ -118,6 +118,7 @@ def run_legacy(rows: dict[str, dict], root: Path) -> tuple[dict, dict]:
     rank = evaluate(
         "imagehash pHash ranking", per_query, {k: None for k in rule}, rows, ref_seconds, len(refs)
     )
+    rank["decides"] = False  # a ranking only: no threshold, so no decisions to count
     legacy = evaluate(
         f"legacy rule (pHash Hamming <= {LEGACY_HAMMING})", per_query, rule, rows, ref_seconds, len(refs)
     )
