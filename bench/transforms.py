@@ -51,7 +51,6 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 Transform = Callable[[Image.Image, random.Random], Image.Image]
 FontT = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
-DEFAULT_MANIFEST = Path("/work/devphotos/manifest.jsonl")
 JPEG_QUALITY = 90
 REF_LONG_SIDE = (1000, 1200)  # real listing photos are about 1 MP
 MIN_SOURCE_SIDE = 200
@@ -1113,7 +1112,7 @@ def _print_counts(bench: Path) -> None:
         print(f"{key:32s} {value:5d}")
 
 
-def self_check(manifest: Path = DEFAULT_MANIFEST) -> None:
+def self_check(manifest: Path) -> None:
     """Fast smoke test (not pytest): font coverage, every transform once, a tiny build twice."""
     t0 = time.perf_counter()
     font_path = resolve_font_path(None)
@@ -1158,7 +1157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--self-check", action="store_true", help="run the quick smoke test and exit")
     args = parser.parse_args(argv)
     if args.self_check:
-        self_check(args.manifest or DEFAULT_MANIFEST)
+        if args.manifest is None:
+            parser.error("--self-check needs MANIFEST (made by fetch-dev-photos.sh)")
+        self_check(args.manifest)
         return 0
     if args.manifest is None or args.out_dir is None:
         parser.error("MANIFEST and OUT_DIR are required (or use --self-check)")
