@@ -12,8 +12,18 @@ from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
 from imgaudit.pipeline import Pipeline
 from imgaudit.services.dedup import DedupService, open_indexes
 from imgaudit.services.worker import WorkerService
-from imgaudit.store.repo import SqlStore
+from imgaudit.store.repo import SqlStore, Store
 from imgaudit.store.thumbs import ThumbStore
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[Store]:
+    """The configured store, closed afterwards (commands that need no model or index)."""
+    store = SqlStore(settings.store_url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def build_encoder(settings: Settings) -> VisualEncoder:

@@ -143,17 +143,14 @@ def enqueue(
     as_json: JsonOpt = False,
 ) -> None:
     """Add images to the queue without processing them (a running worker picks them up)."""
+    from imgaudit.bootstrap import open_store
     from imgaudit.sources.files import source_for
-    from imgaudit.store.repo import SqlStore
 
     with _errors():
         settings = _settings(config)
         source = source_for(target, settings.fetch.cdn_base)
-        store = SqlStore(settings.store_url)
-        try:
+        with open_store(settings) as store:
             added, known = store.enqueue(source.refs(), source.name)
-        finally:
-            store.close()
         if as_json:
             _emit({"event": "enqueue", "enqueued": added, "skipped_known": known})
         else:
@@ -265,18 +262,15 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Counts by status and decision, duplicate rate, throughput, error reasons, queue depth, workers."""
-    from imgaudit.store.repo import SqlStore
+    from imgaudit.bootstrap import open_store
 
     with _errors():
         settings = _settings(config)
         start = _parse_since(since)
-        store = SqlStore(settings.store_url)
-        try:
+        with open_store(settings) as store:
             counts = store.counts(start)
             activity = store.activity(start)
             indexed = store.count_indexed()
-        finally:
-            store.close()
         decided = sum(counts["decision"].values())
         dup = counts["decision"].get("duplicate", 0)
         status = counts["status"]
@@ -449,14 +443,11 @@ def recalc(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-queue failed items for another attempt (retryable ones; with --permanent, all)."""
-    from imgaudit.store.repo import SqlStore
+    from imgaudit.bootstrap import open_store
 
     with _errors():
-        store = SqlStore(_settings(config).store_url)
-        try:
+        with open_store(_settings(config)) as store:
             n = store.requeue_failed(permanent=permanent)
-        finally:
-            store.close()
         if as_json:
             _emit({"event": "recalc", "requeued": n})
         else:
@@ -470,18 +461,15 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """One item's current state and history."""
+    from imgaudit.bootstrap import open_store
     from imgaudit.errors import NotFound
-    from imgaudit.store.repo import SqlStore
 
     with _errors():
-        store = SqlStore(_settings(config).store_url)
-        try:
+        with open_store(_settings(config)) as store:
             rec = store.find(key) or (store.find(str(Path(key).resolve())) if Path(key).exists() else None)
             if rec is None:
                 raise NotFound(f"no item matches {key!r}")
             history = store.events(rec.id)
-        finally:
-            store.close()
         if as_json:
             _emit({**rec.as_dict(), "history": history})
             return
