@@ -42,7 +42,8 @@ as_user() {
     local user=$1
     shift
     if is_root; then
-        runuser -u "$user" -- "$@"
+        # From /, so the server user never trips over a working directory it may not enter.
+        (cd / && runuser -u "$user" -- "$@")
     else
         "$@"
     fi
