@@ -175,3 +175,32 @@ def test_memory_backend_is_rebuilt_from_the_store(tmp_path: Path, fake_encoder: 
     assert indexed == counts["decision"]["unique"]
     with dedup_service(settings, fake_encoder) as svc:
         assert len(svc.indexes) == indexed
+
+
+def test_a_slow_batch_keeps_its_leases(tmp_path: Path, fake_encoder: VisualEncoder) -> None:
+    """A batch slower than its lease is not taken by another worker: the heartbeat extends it."""
+    import threading
+    import time
+
+    from imgaudit.bootstrap import worker_service
+    from imgaudit.config import load_settings
+
+    settings = load_settings(data_dir=tmp_path / "data", lease_seconds=5)
+    folder = tmp_path / "imgs"
+    make_folder(folder)
+    with worker_service(settings, fake_encoder) as svc:
+        svc.store.enqueue(FolderSource(folder).refs(), "folder")
+        real_process = svc.dedup.pipeline.process
+        stolen: list[int] = []
+
+        def slow_process(claimed, worker=None):
+            time.sleep(7)  # longer than the 5 s lease
+            stolen.extend(c.id for c in svc.store.claim("thief", 100, 5))
+            return real_process(claimed, worker)
+
+        svc.dedup.pipeline.process = slow_process
+        t = threading.Thread(target=svc.step)
+        t.start()
+        t.join(30)
+        assert not stolen
+        assert svc.store.counts()["status"].get("processing", 0) == 0

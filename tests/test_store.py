@@ -191,3 +191,14 @@ def test_cursor_upsert_and_nul_in_errors(store: SqlStore) -> None:
     (c,) = store.claim("w", 1, 60)
     store.finish([], [Failure(c.id, CorruptImage("bad \x00 byte"))], 1)
     assert "\\x00" in store.get(c.id).last_error
+
+
+def test_heartbeat_extends_only_our_leases(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/a"), ImageRef("/b")], "folder")
+    a, b = store.claim("w1", 2, 60)
+    with store._session() as s, s.begin():
+        s.execute(update(ImageRow).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert store.extend_leases("someone-else", [a.id, b.id], 60) == 0
+    assert store.extend_leases("w1", [a.id], 60) == 1
+    (taken,) = store.claim("w2", 5, 60)  # b's lease had expired and was not extended
+    assert taken.id == b.id

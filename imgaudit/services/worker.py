@@ -6,9 +6,12 @@ what a step does, so the CLI's ``ingest`` and the daemon run the same pipeline.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +21,8 @@ from imgaudit.pipeline import BatchReport
 from imgaudit.services.dedup import DedupService
 from imgaudit.store.repo import ItemRecord
 from imgaudit.types import ImageRef
+
+log = logging.getLogger("imgaudit.worker")
 
 
 class ExternalSource(Protocol):
@@ -138,7 +143,8 @@ class WorkerService:
             on_claimed(len(claimed))
         if claimed:
             try:
-                report.batch = self.dedup.pipeline.process(claimed, self.worker_id)
+                with self._heartbeat([c.id for c in claimed]):
+                    report.batch = self.dedup.pipeline.process(claimed, self.worker_id)
             except BaseException:
                 self.store.release([c.id for c in claimed])
                 raise
@@ -149,6 +155,28 @@ class WorkerService:
             report.external_error = exc.message
         report.seconds = time.perf_counter() - t
         return report
+
+    @contextmanager
+    def _heartbeat(self, ids: list[int]) -> Iterator[None]:
+        """Extend the batch's leases every third of a lease while it is processed, so a batch slowed
+        down by slow servers is not taken for abandoned and processed twice."""
+        stop = threading.Event()
+        period = self.settings.lease_seconds / 3
+
+        def beat() -> None:
+            while not stop.wait(period):
+                try:
+                    self.store.extend_leases(self.worker_id, ids, self.settings.lease_seconds)
+                except Exception:
+                    log.warning("could not extend the leases of the batch in hand", exc_info=True)
+
+        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def queue_depth(self) -> int:
         status = self.store.counts()["status"]

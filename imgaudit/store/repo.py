@@ -124,6 +124,7 @@ class Store(Protocol):
         worker: str | None = None,
     ) -> list[int]: ...
     def release(self, ids: Sequence[int]) -> None: ...
+    def extend_leases(self, worker: str, ids: Sequence[int], lease_seconds: int) -> int: ...
     def find_exact(self, sha256: str, pixel_sha256: str) -> tuple[int, str] | None: ...
     def index_changes(self, after: int) -> list[IndexChange]: ...
     def last_index_seq(self) -> int: ...
@@ -356,6 +357,23 @@ class SqlStore(_ExternalMixin):
                     updated_at=utcnow(),
                 )
             )
+
+    def extend_leases(self, worker: str, ids: Sequence[int], lease_seconds: int) -> int:
+        """Heartbeat: keep the items this worker still holds from being taken as abandoned."""
+        if not ids:
+            return 0
+        now = utcnow()
+        with self._session() as s, s.begin():
+            res = s.execute(
+                update(ImageRow)
+                .where(
+                    ImageRow.id.in_(list(ids)),
+                    ImageRow.status == Status.PROCESSING,
+                    ImageRow.claimed_by == worker,
+                )
+                .values(lease_until=now + timedelta(seconds=lease_seconds))
+            )
+            return res.rowcount or 0
 
     def requeue_failed(self, permanent: bool = False) -> int:
         statuses = [Status.FAILED_RETRYABLE] + ([Status.FAILED_PERMANENT] if permanent else [])
