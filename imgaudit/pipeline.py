@@ -289,7 +289,7 @@ class Pipeline:
             assert a.signals is not None
             if decide(self.lookups(a.signals, {}, _no_exact), verifiers[item.id], cfg).duplicate_of:
                 settled.add(item.id)
-        self._verify_within_batch([(c, a) for c, a in ok], verifiers, settled)
+        self._verify_within_batch(ok, verifiers, settled)
         report.timings["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()

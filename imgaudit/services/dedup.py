@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgaudit.config import Settings
 from imgaudit.index.catalog import Indexes, load_indexes, save_indexes
 from imgaudit.pipeline import BatchReport, Pipeline
-from imgaudit.store.repo import ItemRecord, Store
+from imgaudit.store.repo import Claimed, ItemRecord, Store
 from imgaudit.store.thumbs import ThumbStore
 from imgaudit.types import ImageRef, Verdict
+
+log = logging.getLogger("imgaudit.worker")
 
 INGEST_BATCH = 64
 SAVE_EVERY_SECONDS = 30.0
@@ -124,6 +129,38 @@ class DedupService:
     def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]:
         return self.store.enqueue(refs, source)
 
+    def process_claimed(self, claimed: Sequence[Claimed]) -> BatchReport:
+        """Process a claimed batch, the one way both ``ingest`` and the worker do it: its leases are
+        extended while it runs (a heartbeat), and if processing fails the items go back to the queue."""
+        try:
+            with self._heartbeat([c.id for c in claimed]):
+                return self.pipeline.process(claimed, self.worker_id)
+        except BaseException:
+            self.store.release([c.id for c in claimed])
+            raise
+
+    @contextmanager
+    def _heartbeat(self, ids: list[int]) -> Iterator[None]:
+        """Extend the batch's leases every third of a lease while it is processed, so a batch slowed
+        down by slow servers is not taken for abandoned and processed twice."""
+        stop = threading.Event()
+        period = self.settings.lease_seconds / 3
+
+        def beat() -> None:
+            while not stop.wait(period):
+                try:
+                    self.store.extend_leases(self.worker_id, ids, self.settings.lease_seconds)
+                except Exception:
+                    log.warning("could not extend the leases of the batch in hand", exc_info=True)
+
+        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def process_queue(
         self, progress: Progress | None = None, batch_size: int = INGEST_BATCH, limit: int | None = None
     ) -> IngestSummary:
@@ -136,11 +173,7 @@ class DedupService:
                 claimed = self.store.claim(self.worker_id, n, self.settings.lease_seconds)
                 if not claimed:
                     break
-                try:
-                    report = self.pipeline.process(claimed, self.worker_id)
-                except BaseException:
-                    self.store.release([c.id for c in claimed])
-                    raise
+                report = self.process_claimed(claimed)
                 summary.processed += len(claimed)
                 summary.failed += len(report.failures)
                 for c in report.completions:

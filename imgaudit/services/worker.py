@@ -7,11 +7,9 @@ what a step does, so the CLI's ``ingest`` and the daemon run the same pipeline.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -142,12 +140,7 @@ class WorkerService:
         if claimed and on_claimed is not None:
             on_claimed(len(claimed))
         if claimed:
-            try:
-                with self._heartbeat([c.id for c in claimed]):
-                    report.batch = self.dedup.pipeline.process(claimed, self.worker_id)
-            except BaseException:
-                self.store.release([c.id for c in claimed])
-                raise
+            report.batch = self.dedup.process_claimed(claimed)
             report.batch.timings["claim"] += claim_seconds
         try:
             report.written_back = self.write_back()
@@ -155,28 +148,6 @@ class WorkerService:
             report.external_error = exc.message
         report.seconds = time.perf_counter() - t
         return report
-
-    @contextmanager
-    def _heartbeat(self, ids: list[int]) -> Iterator[None]:
-        """Extend the batch's leases every third of a lease while it is processed, so a batch slowed
-        down by slow servers is not taken for abandoned and processed twice."""
-        stop = threading.Event()
-        period = self.settings.lease_seconds / 3
-
-        def beat() -> None:
-            while not stop.wait(period):
-                try:
-                    self.store.extend_leases(self.worker_id, ids, self.settings.lease_seconds)
-                except Exception:
-                    log.warning("could not extend the leases of the batch in hand", exc_info=True)
-
-        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     def queue_depth(self) -> int:
         status = self.store.counts()["status"]
