@@ -182,6 +182,76 @@ class ExternalTableSettings(_Group):
     error_column: str = Field("", description="Column receiving the failure reason (empty: not written).")
 
 
+class ModerationSettings(_Group):
+    """Moderation signals and the policy that turns them into pass / review / violate.
+
+    Each signal can be switched off; a switched-off signal is recorded as not computed, never as clean.
+    Thresholds come from ``bench/moderation.py`` (README: "Moderation").
+    """
+
+    enabled: bool = Field(True, description="Run moderation in the pipeline (off: dedup only).")
+    ocr: bool = Field(True, description="Read text with OCR (PP-OCRv4, Chinese + English).")
+    qr: bool = Field(True, description="Detect and decode QR codes and other 2-D codes.")
+    barcodes: bool = Field(
+        False, description="Also decode 1-D barcodes (EAN, Code 128...; about 5 ms more per image)."
+    )
+    nsfw: bool = Field(True, description="Score nudity with the open_nsfw model.")
+    quality: bool = Field(True, description="Measure sharpness, contrast and flatness.")
+    classifier: bool = Field(True, description="Apply the promoted classifier head, when there is one.")
+    ocr_gate_side: int = Field(
+        320,
+        ge=128,
+        le=1280,
+        description="Longest side at which the text detector first looks for any text; OCR proper runs "
+        "only on images where it finds some.",
+    )
+    ocr_side: int = Field(
+        960, ge=320, le=2048, description="Longest side for text detection and recognition proper."
+    )
+    ocr_min_score: float = Field(0.5, ge=0, le=1, description="Recognised lines below this are dropped.")
+    rules: list[Path] = Field(
+        default_factory=list, description="Extra text-rule files (TOML) added to the built-in rules."
+    )
+    words: list[Path] = Field(
+        default_factory=list,
+        description="Prohibited-word lists: text files, one word per line; the file name is the category.",
+    )
+    nsfw_violate: float = Field(
+        0.90, ge=0, le=1, description="NSFW score at or above which an image violates."
+    )
+    nsfw_review: float = Field(0.60, ge=0, le=1, description="NSFW score from which an image goes to review.")
+    classifier_violate: float = Field(
+        0.90,
+        ge=0,
+        le=1,
+        description="Classifier probability of a violating class at or above which it violates.",
+    )
+    classifier_review: float = Field(
+        0.50,
+        ge=0,
+        le=1,
+        description="Classifier probability of a violating class from which it goes to review.",
+    )
+    pass_classes: list[str] = Field(
+        default_factory=lambda: ["normal", "ok", "pass", "clean"],
+        description="Classifier classes that are not violations.",
+    )
+    min_sharpness: float = Field(
+        60.0, ge=0, description="Variance of the Laplacian below which an image is blurry (review)."
+    )
+    min_side: int = Field(64, ge=1, description="Images with a shorter side are too small (review).")
+    min_contrast: float = Field(4.0, ge=0, description="Grey-level deviation below which an image is blank.")
+    max_dominant_fraction: float = Field(
+        0.97, gt=0, le=1, description="Share of one colour above which an image is mostly one colour."
+    )
+    qr_decision: str = Field(
+        "violate", pattern="^(pass|review|violate)$", description="What a QR code in an image asks for."
+    )
+    reload_every: float = Field(
+        5.0, ge=0.5, description="Seconds between checks for a newly promoted classifier."
+    )
+
+
 class Settings(BaseSettings):
     """All of imgaudit's settings."""
 
@@ -206,6 +276,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     external: ExternalTableSettings = Field(default_factory=ExternalTableSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -91,3 +91,83 @@ class Verdict:
     score: float | None = None
     duplicate_of: int | None = None
     detail: dict[str, float] = field(default_factory=dict)
+
+
+# -- moderation --------------------------------------------------------------------------------------------
+
+Point = tuple[int, int]
+
+
+class Moderation(StrEnum):
+    """The moderation outcome: confident violations are rejected, the uncertain band goes to people."""
+
+    PASS = "pass"
+    REVIEW = "review"
+    VIOLATE = "violate"
+
+
+@dataclass(frozen=True, slots=True)
+class OcrLine:
+    """One recognised line; ``box`` is its quadrilateral in original-image pixels."""
+
+    text: str
+    score: float
+    box: tuple[Point, Point, Point, Point]
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A decoded QR code or barcode."""
+
+    format: str
+    text: str
+    box: tuple[Point, Point, Point, Point]
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """Cheap quality measurements on the analysis-size pixels."""
+
+    sharpness: float  # variance of the Laplacian at a fixed working size (resolution-normalised)
+    contrast: float  # standard deviation of the grey levels, 0..128
+    dominant_fraction: float  # share of pixels in the most common coarse colour bin
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScores:
+    """Output of the promoted classifier for one image."""
+
+    model: str  # "<name>@v<version>"
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationSignals:
+    """Every moderation signal of one image; ``None`` means the signal was not computed (switched off)."""
+
+    ocr: tuple[OcrLine, ...] | None = None
+    text_found: bool | None = None  # the cheap text gate's answer (OCR runs only when it says yes)
+    codes: tuple[Code, ...] | None = None
+    nsfw: float | None = None
+    quality: Quality | None = None
+    labels: tuple[tuple[str, float], ...] = ()  # top ImageNet labels of the visual encoder
+    classes: ClassScores | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One piece of evidence behind a moderation verdict."""
+
+    category: str  # contact_info, prohibited, qr_code, nsfw, classifier, blurry, low_quality, ...
+    decision: Moderation  # what this reason alone asks for
+    message: str  # e.g. "phone 138****5678 (ocr 0.98)"
+    score: float | None = None
+    evidence: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationVerdict:
+    decision: Moderation
+    reasons: tuple[Reason, ...] = ()
