@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-dbs dbs-start dbs-stop lint bench-dedup clean
+.PHONY: install demo test test-all test-dbs test-fonts dbs-start dbs-stop lint bench-dedup clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
@@ -33,6 +33,9 @@ DBS := bash scripts/dbs.sh
 test: install
 	$(BIN)/ruff check imgaudit tests bench
 	$(BIN)/lint-imports
+ifneq ($(FULL_DBS),)
+	@$(MAKE) --no-print-directory test-fonts
+endif
 ifeq ($(FULL_DBS),)
 	$(BIN)/pytest -q
 else
@@ -53,6 +56,11 @@ test-dbs: install
 	IMGAUDIT_TEST_BACKEND=postgresql $(BIN)/pytest -q || rc=1; \
 	if [ "$(CI)" = true ]; then $(DBS) stop || rc=1; fi; \
 	exit $$rc
+
+# The Chinese OCR tests render text with a CJK font; CI installs one (locally they skip without it).
+test-fonts:
+	@ls /usr/share/fonts/truetype/wqy/wqy-microhei.ttc >/dev/null 2>&1 || ls /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null; }
 
 dbs-start:
 	$(DBS) start

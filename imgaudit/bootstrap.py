@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 
 from imgaudit.config import Settings
 from imgaudit.index.catalog import new_indexes
+from imgaudit.models.classifier import ClassifierHub
+from imgaudit.models.nsfw import NsfwScorer
+from imgaudit.models.ocr import OcrEngine
 from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
-from imgaudit.pipeline import Pipeline
+from imgaudit.pipeline import Moderator, Pipeline
 from imgaudit.services.dedup import DedupService, open_indexes
 from imgaudit.services.worker import WorkerService
+from imgaudit.signals.text_risk import TextRules
 from imgaudit.store.repo import SqlStore, Store
 from imgaudit.store.thumbs import ThumbStore
 
@@ -35,6 +40,39 @@ def build_encoder(settings: Settings) -> VisualEncoder:
     )
 
 
+@cache
+def _ocr_engine(threads: int, min_score: float) -> OcrEngine:
+    """One per process: the models load on first use and stay loaded for every later service."""
+    return OcrEngine(threads=threads, min_score=min_score)
+
+
+@cache
+def _nsfw_scorer(threads: int, batch_size: int) -> NsfwScorer:
+    return NsfwScorer.bundled(threads=threads, batch_size=batch_size)
+
+
+def build_moderator(settings: Settings, encoder: VisualEncoder, pool: ThreadPoolExecutor) -> Moderator | None:
+    """The moderation stage with its models (each loaded on first use, then kept) and text rules."""
+    cfg = settings.moderation
+    if not cfg.enabled:
+        return None
+    threads = settings.models.threads
+    return Moderator(
+        settings,
+        ocr=_ocr_engine(threads, cfg.ocr_min_score) if cfg.ocr else None,
+        nsfw=_nsfw_scorer(threads, settings.models.batch_size) if cfg.nsfw else None,
+        rules=TextRules.load(cfg.rules, cfg.words),
+        classifiers=ClassifierHub(
+            settings.data_dir / "classifiers",
+            reload_every=cfg.reload_every,
+            encoder_id=descriptor_id(encoder),
+        )
+        if cfg.classifier
+        else None,
+        pool=pool,
+    )
+
+
 @contextmanager
 def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[DedupService]:
     """Everything dedup needs, wired, reconciled with the store, and closed afterwards."""
@@ -51,7 +89,8 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
     )
     indexes, seq = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
     thumbs = ThumbStore(settings.data_dir / "thumbs")
-    pipeline = Pipeline(settings, store, indexes, encoder, thumbs)
+    pool = ThreadPoolExecutor(2, thread_name_prefix="moderate")
+    pipeline = Pipeline(settings, store, indexes, encoder, thumbs, build_moderator(settings, encoder, pool))
     pipeline.synced_seq = seq
     service = DedupService(
         settings, store, indexes, pipeline, thumbs, settings.data_dir / "index", descriptor, factory
@@ -61,6 +100,7 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
         yield service
     finally:
         pipeline.close()
+        pool.shutdown(wait=False)
         store.close()
 
 

@@ -175,6 +175,21 @@ class ExternalTableSettings(_Group):
         default_factory=lambda: {"similarity": "recalc"},
         description="Columns set when an image failed permanently.",
     )
+    on_review: dict[str, str] = Field(
+        default_factory=dict,
+        description="Columns set when moderation sends an image to review (after on_unique/on_duplicate).",
+    )
+    on_violate: dict[str, str] = Field(
+        default_factory=dict,
+        description="Columns set when moderation finds a violation (after on_unique/on_duplicate).",
+    )
+    moderation_column: str = Field(
+        "",
+        description="Column receiving the moderation verdict: pass, review or violate (empty: not written).",
+    )
+    reasons_column: str = Field(
+        "", description="Column receiving the moderation reasons as one line of text (empty: not written)."
+    )
     score_column: str = Field("", description="Column receiving the duplicate score (empty: not written).")
     original_column: str = Field(
         "", description="Column receiving the matched original's key (empty: not written)."
@@ -209,12 +224,25 @@ class ModerationSettings(_Group):
         960, ge=320, le=2048, description="Longest side for text detection and recognition proper."
     )
     ocr_min_score: float = Field(0.5, ge=0, le=1, description="Recognised lines below this are dropped.")
+    ocr_confident: float = Field(
+        0.80,
+        ge=0,
+        le=1,
+        description="A contact detail read from a line with a lower OCR score goes to review, not violate.",
+    )
     rules: list[Path] = Field(
         default_factory=list, description="Extra text-rule files (TOML) added to the built-in rules."
     )
     words: list[Path] = Field(
         default_factory=list,
         description="Prohibited-word lists: text files, one word per line; the file name is the category.",
+    )
+    nsfw_min_skin: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="The NSFW model runs only on images with at least this share of skin-coloured pixels "
+        "(grey images always); 0 runs it on every image.",
     )
     nsfw_violate: float = Field(
         0.90, ge=0, le=1, description="NSFW score at or above which an image violates."

@@ -151,6 +151,7 @@ class ModerationSignals:
     text_found: bool | None = None  # the cheap text gate's answer (OCR runs only when it says yes)
     codes: tuple[Code, ...] | None = None
     nsfw: float | None = None
+    skin: float | None = None  # share of skin-coloured pixels (the NSFW model runs above a floor)
     quality: Quality | None = None
     labels: tuple[tuple[str, float], ...] = ()  # top ImageNet labels of the visual encoder
     classes: ClassScores | None = None
@@ -171,3 +172,45 @@ class Reason:
 class ModerationVerdict:
     decision: Moderation
     reasons: tuple[Reason, ...] = ()
+
+
+def moderation_signals_json(s: ModerationSignals) -> dict[str, object]:
+    """JSON-ready form, as stored and as printed by ``check --json``."""
+    q = s.quality
+    return {
+        "ocr": None
+        if s.ocr is None
+        else [{"text": ln.text, "score": ln.score, "box": [list(p) for p in ln.box]} for ln in s.ocr],
+        "text_found": s.text_found,
+        "codes": None
+        if s.codes is None
+        else [{"format": c.format, "text": c.text, "box": [list(p) for p in c.box]} for c in s.codes],
+        "nsfw": s.nsfw,
+        "skin": s.skin,
+        "quality": None
+        if q is None
+        else {
+            "sharpness": q.sharpness,
+            "contrast": q.contrast,
+            "dominant_fraction": q.dominant_fraction,
+            "width": q.width,
+            "height": q.height,
+        },
+        "labels": [[name, p] for name, p in s.labels],
+        "classifier": None
+        if s.classes is None
+        else {"model": s.classes.model, "probabilities": s.classes.probabilities},
+    }
+
+
+def reasons_json(v: ModerationVerdict) -> list[dict[str, object]]:
+    return [
+        {
+            "category": r.category,
+            "decision": r.decision.value,
+            "message": r.message,
+            "score": r.score,
+            "evidence": r.evidence,
+        }
+        for r in v.reasons
+    ]

@@ -40,6 +40,31 @@ def real_encoder() -> Iterator[VisualEncoder]:
     yield build_encoder(load_settings(data_dir=Path("/nonexistent")))
 
 
+@pytest.fixture(scope="session")
+def cjk_font_path() -> str:
+    """A font with Chinese glyphs (CI installs fonts-wqy-microhei); skipped locally when there is none."""
+    import os
+    import subprocess
+
+    try:
+        found = subprocess.run(
+            ["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False
+        ).stdout.split()
+    except FileNotFoundError:
+        found = []
+    paths = sorted(p.rstrip(":") for p in found if p.rstrip(":").endswith((".ttc", ".ttf", ".otf")))
+    known = [
+        "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+        "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    ]
+    paths += [p for p in known if Path(p).is_file()]
+    if paths:
+        return paths[0]
+    if os.environ.get("CI"):
+        pytest.fail("no CJK font installed (apt-get install fonts-wqy-microhei)", pytrace=False)
+    pytest.skip("no CJK font installed")
+
+
 # -- databases (see tests/dbs.py) -------------------------------------------------------------------------
 
 

@@ -74,6 +74,10 @@ def drain(tmp_path: Path, database_url: str, disrupt: Callable[..., None]) -> No
         IMGAUDIT_WORKER__IDLE_SLEEP="0.2",
         IMGAUDIT_WORKER__SAVE_EVERY="3",
         IMGAUDIT_MODELS__THREADS="1",
+        # Moderation results are written in the same transaction as the dedup verdict, so they are
+        # covered; the OCR and NSFW models only add start-up time to every restarted worker.
+        IMGAUDIT_MODERATION__OCR="false",
+        IMGAUDIT_MODERATION__NSFW="false",
     )
     settings = load_settings(data_dir=tmp_path / "data", database_url=database_url)
     store = SqlStore(settings.store_url)
@@ -162,11 +166,13 @@ def check_invariants(settings, store: SqlStore) -> None:
                 ImageRow.decision,
                 ImageRow.duplicate_of,
                 ImageRow.indexed,
+                ImageRow.moderation,
             )
         ).all()
         log_ids = [r[0] for r in s.execute(select(IndexLogRow.image_id).where(IndexLogRow.op == "add"))]
     assert len(rows) == N_DISTINCT + N_COPIES
     assert Counter(r.status for r in rows) == {"done": N_DISTINCT + N_COPIES}
+    assert all(r.moderation in ("pass", "review", "violate") for r in rows), "a verdict without moderation"
     unique = {r.id for r in rows if r.decision == "unique"}
     assert {r.id for r in rows if r.indexed} == unique
     assert sorted(log_ids) == sorted(unique), "every unique image enters the index log exactly once"

@@ -393,6 +393,46 @@ def test_write_back_without_the_optional_columns_writes_only_the_states(
     assert all({k: r[k] for k in NOTHING} == NOTHING for r in after.values())
 
 
+def test_moderation_verdicts_add_their_columns(business_url: str, table_of: Any) -> None:
+    """on_review / on_violate win over the dedup columns; the verdict and reasons go to their columns;
+    a passed image gets only its verdict; failures get no moderation columns."""
+    from dataclasses import replace
+
+    engine = create_engine(business_url)
+    try:
+        rows_for_verdicts(business_url)
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE content ADD COLUMN verdict VARCHAR(16)"))
+            conn.execute(text("ALTER TABLE content ADD COLUMN why VARCHAR(40)"))
+    finally:
+        engine.dispose()
+    phone = [{"category": "contact_info", "decision": "violate", "message": "phone 138****5678 (ocr 0.99)"}]
+    items = verdicts()
+    items[0] = (replace(items[0][0], moderation="violate", reasons=phone), None)
+    items[1] = (
+        replace(items[1][0], moderation="review", reasons=[{"category": "blurry", "message": "b"}]),
+        "2",
+    )
+    items[4] = (replace(items[4][0], moderation="pass", reasons=[]), None)
+    items[2] = (replace(items[2][0], moderation="violate", reasons=phone), None)  # failed: not written
+    table_of(
+        on_violate={"status": "rejected"},
+        on_review={"similarity": "review"},
+        moderation_column="verdict",
+        reasons_column="why",
+    ).write_back(items)
+    after = read_content(business_url)
+    assert (after[2]["status"], after[2]["verdict"]) == ("rejected", "violate")
+    assert after[2]["why"] == "contact_info: phone 138****5678 (ocr 0.99)"[:40]
+    assert (after[10]["status"], after[10]["similarity"], after[10]["verdict"]) == (
+        "similarity",
+        "review",
+        "review",
+    )
+    assert (after[13]["status"], after[13]["verdict"], after[13]["why"]) == ("similarity", "pass", "")
+    assert (after[11]["similarity"], after[11]["verdict"]) == ("recalc", None)
+
+
 def test_write_back_is_one_transaction(business_url: str, table_of: Any) -> None:
     """The failure UPDATE (the last statement) is refused by a trigger after the unique and duplicate
     UPDATEs ran: none of them may stay."""

@@ -132,6 +132,16 @@ def ingest(
                 f"({summary.images_per_second:.1f} img/s): {summary.duplicates} duplicates, "
                 f"{summary.failed} failed"
             )
+            if summary.moderation:
+                out.print(
+                    "moderation: "
+                    + ", ".join(f"{k} {summary.moderation.get(k, 0)}" for k in ("pass", "review", "violate"))
+                    + (
+                        " (" + ", ".join(f"{k} {v}" for k, v in summary.reasons.most_common()) + ")"
+                        if summary.reasons
+                        else ""
+                    )
+                )
             if summary.errors:
                 out.print("failures: " + ", ".join(f"{k} {v}" for k, v in summary.errors.most_common()))
 
@@ -157,14 +167,29 @@ def enqueue(
             out.print(f"queued {added} new, {known} already known")
 
 
+MODERATION_COLOUR = {"pass": "green", "review": "yellow", "violate": "red"}
+
+
+def _moderation_lines(decision: str | None, reasons: list[dict[str, Any]] | None) -> list[str]:
+    if decision is None:
+        return []
+    colour = MODERATION_COLOUR.get(decision, "white")
+    lines = [f"  moderation: [{colour}]{decision}[/{colour}]"]
+    for r in reasons or []:
+        c = MODERATION_COLOUR.get(str(r["decision"]), "white")
+        lines.append(f"    - [{c}]{r['decision']}[/{c}] {r['category']}: {r['message']}")
+    return lines
+
+
 @app.command()
 def check(
     images: Annotated[list[str], typer.Argument(help="Image files or URLs to check.")],
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Is each image a copy of something indexed? Prints decision, matched original, score and stage."""
-    from imgaudit.types import ImageRef
+    """Check images without storing them: copy of something indexed? and the moderation verdict
+    (pass / review / violate) with the evidence behind it."""
+    from imgaudit.types import ImageRef, moderation_signals_json, reasons_json
 
     with _errors():
         settings = _settings(config)
@@ -192,6 +217,11 @@ def check(
                     original=r.original.uri if r.original else None,
                     detail=v.detail,
                 )
+                if r.moderation is not None:
+                    row["moderation"] = r.moderation.decision.value
+                    row["reasons"] = reasons_json(r.moderation)
+                if r.signals is not None:
+                    row["signals"] = moderation_signals_json(r.signals)
             if as_json:
                 _emit(row)
             elif r.verdict is None:
@@ -206,8 +236,114 @@ def check(
                 else:
                     near = f", nearest cosine {v.score:.3f}" if v.score is not None else ""
                     out.print(f"{r.ref.uri}: [green]unique[/green]{near}")
+                for line in _moderation_lines(row.get("moderation"), row.get("reasons")):
+                    out.print(line)
         if failed:
             raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    key: Annotated[str, typer.Argument(help="Item id, external key, path or URL.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why an ingested image got its verdicts: the duplicate evidence, each moderation reason, and the
+    signals behind them (OCR lines, codes, NSFW score, quality, labels, classifier)."""
+    from imgaudit.bootstrap import open_store
+    from imgaudit.errors import NotFound
+
+    with _errors():
+        with open_store(_settings(config)) as store:
+            rec = store.find(key) or (store.find(str(Path(key).resolve())) if Path(key).exists() else None)
+            if rec is None:
+                raise NotFound(f"no item matches {key!r}")
+            original = store.get(rec.duplicate_of) if rec.duplicate_of else None
+        d = rec.as_dict()
+        if as_json:
+            _emit(
+                {
+                    k: d[k]
+                    for k in (
+                        "id",
+                        "uri",
+                        "status",
+                        "error_reason",
+                        "last_error",
+                        "decision",
+                        "duplicate_of",
+                        "score",
+                        "stage",
+                        "evidence",
+                        "moderation",
+                        "reasons",
+                        "moderation_signals",
+                        "ocr_text",
+                    )
+                }
+                | {"original": original.uri if original else None}
+            )
+            return
+        out.print(f"#{rec.id} {rec.uri}")
+        if rec.status != "done":
+            out.print(
+                f"  status {rec.status}"
+                + (f": {rec.error_reason}: {rec.last_error}" if rec.error_reason else "")
+            )
+            return
+        if rec.decision == "duplicate" and original is not None:
+            out.print(
+                f"  dedup: [yellow]duplicate[/yellow] of #{original.id} {original.uri} "
+                f"(stage {rec.stage}, score {rec.score:.3f})"
+            )
+        else:
+            near = f" (nearest cosine {rec.score:.3f})" if rec.score is not None else ""
+            out.print(f"  dedup: [green]unique[/green]{near}")
+        if rec.evidence:
+            out.print("    evidence: " + ", ".join(f"{k} {v:.3g}" for k, v in rec.evidence.items()))
+        if rec.moderation is None:
+            out.print("  moderation: not run")
+            return
+        for line in _moderation_lines(rec.moderation, rec.reasons):
+            out.print(line)
+        sig = rec.moderation_signals or {}
+        out.print("  signals:")
+        ocr = sig.get("ocr")
+        if ocr is None:
+            out.print("    ocr: off")
+        elif not ocr:
+            out.print(
+                "    ocr: no text" if sig.get("text_found") is False else "    ocr: text seen, none read"
+            )
+        else:
+            for ln in ocr:
+                out.print(f"    ocr {ln['score']:.2f}: {ln['text']}")
+        codes = sig.get("codes")
+        out.print(
+            "    codes: "
+            + ("off" if codes is None else ", ".join(f"{c['format']} {c['text']}" for c in codes) or "none")
+        )
+        nsfw = sig.get("nsfw")
+        if nsfw is not None:
+            out.print(f"    nsfw: {nsfw:.3f}")
+        elif sig.get("skin") is not None:
+            out.print(f"    nsfw: not scored (skin-coloured pixels {sig['skin']:.0%}, below the floor)")
+        else:
+            out.print("    nsfw: off")
+        q = sig.get("quality")
+        if q:
+            out.print(
+                f"    quality: sharpness {q['sharpness']:.0f}, contrast {q['contrast']:.1f}, "
+                f"one colour {q['dominant_fraction']:.0%}, {q['width']}x{q['height']}"
+            )
+        if sig.get("labels"):
+            out.print("    labels: " + ", ".join(f"{n} {p:.2f}" for n, p in sig["labels"]))
+        cls = sig.get("classifier")
+        if cls:
+            probs = ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(cls["probabilities"].items(), key=lambda kv: -kv[1])
+            )
+            out.print(f"    classifier {cls['model']}: {probs}")
 
 
 @app.command()

@@ -18,7 +18,7 @@ from imgaudit.index.catalog import Indexes, load_indexes, save_indexes
 from imgaudit.pipeline import BatchReport, Pipeline
 from imgaudit.store.repo import Claimed, ItemRecord, Store
 from imgaudit.store.thumbs import ThumbStore
-from imgaudit.types import ImageRef, Verdict
+from imgaudit.types import ImageRef, ModerationSignals, ModerationVerdict, Verdict
 
 log = logging.getLogger("imgaudit.worker")
 
@@ -37,6 +37,8 @@ class IngestSummary:
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     stages: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    moderation: Counter[str] = field(default_factory=Counter)  # pass / review / violate
+    reasons: Counter[str] = field(default_factory=Counter)  # reason categories
 
     @property
     def images_per_second(self) -> float:
@@ -54,6 +56,8 @@ class IngestSummary:
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "duplicate_stages": dict(self.stages),
             "errors": dict(self.errors),
+            "moderation": dict(self.moderation),
+            "reasons": dict(self.reasons),
         }
 
 
@@ -64,6 +68,8 @@ class CheckResult:
     original: ItemRecord | None
     error: str | None
     error_reason: str | None
+    moderation: ModerationVerdict | None = None
+    signals: ModerationSignals | None = None
 
 
 Progress = Callable[[int, BatchReport], None]
@@ -180,6 +186,10 @@ class DedupService:
                     if c.verdict.decision == "duplicate":
                         summary.duplicates += 1
                         summary.stages[c.verdict.stage.value] += 1
+                    if c.moderation is not None:
+                        summary.moderation[c.moderation.decision.value] += 1
+                        for r in c.moderation.reasons:
+                            summary.reasons[r.category] += 1
                 for f in report.failures:
                     summary.errors[f.error.reason] += 1
                 for k, v in report.timings.items():
@@ -209,6 +219,8 @@ class DedupService:
                     originals.get(verdict.duplicate_of) if verdict and verdict.duplicate_of else None,
                     err.message if err else None,
                     err.reason if err else None,
+                    analysed.moderated.verdict if analysed.moderated else None,
+                    analysed.moderated.signals if analysed.moderated else None,
                 )
             )
         return results

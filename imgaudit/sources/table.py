@@ -54,6 +54,7 @@ NAME_MAX = 64
 # Bound-parameter names of the write-back UPDATEs. They must differ from the names of the columns set
 # (SQLAlchemy reserves those), hence the prefix.
 _KEY, _SCORE, _ORIGINAL, _ERROR = "imgaudit_key", "imgaudit_score", "imgaudit_original", "imgaudit_error"
+_MODERATION, _REASONS = "imgaudit_moderation", "imgaudit_reasons"
 
 
 class FinishedItem(Protocol):
@@ -72,6 +73,10 @@ class FinishedItem(Protocol):
     def score(self) -> float | None: ...
     @property
     def error_reason(self) -> str | None: ...
+    @property
+    def moderation(self) -> str | None: ...
+    @property
+    def reasons(self) -> list[dict[str, object]] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +181,18 @@ class ExternalTable:
         done + unique -> ``on_unique``; done + duplicate -> ``on_duplicate`` plus ``score_column`` and
         ``original_column`` (the original's key, NULL when the original did not come from a table);
         failed_permanent -> ``on_failure`` plus ``error_column`` (the short error reason). Anything else
-        (a retryable failure, an item not finished) is skipped: it is not a verdict yet.
+        (a retryable failure, an item not finished) is skipped: it is not a verdict yet. A done item's
+        moderation verdict then adds ``on_review`` / ``on_violate`` (these win over the dedup columns),
+        ``moderation_column`` (pass / review / violate) and ``reasons_column`` (the reasons, one line).
         """
         p = self._prepare()
         s = self.settings
         unique: list[dict[str, Any]] = []
         duplicate: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
+        review: list[dict[str, Any]] = []
+        violate: list[dict[str, Any]] = []
+        moderated: list[dict[str, Any]] = []  # passed: only the moderation columns
         for rec, original_key in items:
             if rec.external_key is None:
                 log.warning("item %d has no external key; nothing to write back", rec.id)
@@ -202,6 +212,13 @@ class ExternalTable:
                 failed.append(key | {_ERROR: _fit(p.table, s.error_column, rec.error_reason)})
             else:
                 log.debug("item %d (%s) has no verdict to write back yet", rec.id, rec.status)
+            if rec.status == Status.DONE and rec.moderation is not None:
+                why = "; ".join(f"{r.get('category')}: {r.get('message')}" for r in rec.reasons or [])
+                row = key | {
+                    _MODERATION: rec.moderation,
+                    _REASONS: _fit(p.table, s.reasons_column, why) if s.reasons_column else why,
+                }
+                {"review": review, "violate": violate}.get(rec.moderation, moderated).append(row)
         batches = [
             (self._update(p, s.on_unique, {}), unique),
             (
@@ -209,6 +226,12 @@ class ExternalTable:
                 duplicate,
             ),
             (self._update(p, s.on_failure, {s.error_column: _ERROR}), failed),
+        ]
+        verdict_columns = {s.moderation_column: _MODERATION, s.reasons_column: _REASONS}
+        batches += [
+            (self._update(p, {}, verdict_columns), moderated),
+            (self._update(p, s.on_review, verdict_columns), review),
+            (self._update(p, s.on_violate, verdict_columns), violate),
         ]
         batches = [(stmt, rows) for stmt, rows in batches if stmt is not None and rows]
         if not batches:
@@ -274,9 +297,18 @@ class ExternalTable:
     def _check_columns(self, table: Table) -> None:
         s = self.settings
         named: list[tuple[str, str]] = [("key_column", s.key_column), ("image_column", s.image_column)]
-        for group in ("on_unique", "on_duplicate", "on_failure"):
+        for group in ("on_unique", "on_duplicate", "on_failure", "on_review", "on_violate"):
             named += [(group, col) for col in getattr(s, group)]
-        named += [(opt, getattr(s, opt)) for opt in ("score_column", "original_column", "error_column")]
+        named += [
+            (opt, getattr(s, opt))
+            for opt in (
+                "score_column",
+                "original_column",
+                "error_column",
+                "moderation_column",
+                "reasons_column",
+            )
+        ]
         unknown = [f"external.{opt}: {col!r}" for opt, col in named if col and col not in table.c]
         if unknown:
             raise ConfigError(
@@ -288,6 +320,8 @@ class ExternalTable:
             ("on_unique", []),
             ("on_duplicate", [s.score_column, s.original_column]),
             ("on_failure", [s.error_column]),
+            ("on_review", [s.moderation_column, s.reasons_column]),
+            ("on_violate", [s.moderation_column, s.reasons_column]),
         ):
             written = [*getattr(s, group), *(c for c in extra if c)]
             if s.key_column in written:

@@ -24,7 +24,16 @@ from imgaudit.errors import ImgauditError, NotFound
 from imgaudit.signals.hashes import from_signed, to_signed
 from imgaudit.store.db import make_engine, migrate
 from imgaudit.store.schema import EventRow, ImageRow, IndexLogRow, SourceStateRow, utcnow
-from imgaudit.types import DedupSignals, ImageRef, Status, Verdict
+from imgaudit.types import (
+    DedupSignals,
+    ImageRef,
+    ModerationSignals,
+    ModerationVerdict,
+    Status,
+    Verdict,
+    moderation_signals_json,
+    reasons_json,
+)
 
 RETRY_BACKOFF_SECONDS = 30.0
 DEDUP_LOCK_KEY = 0x1A6A0D17  # PostgreSQL advisory lock serialising dedup decisions across workers
@@ -63,6 +72,10 @@ class ItemRecord:
     writeback: str | None
     created_at: datetime
     processed_at: datetime | None
+    moderation: str | None = None  # pass | review | violate; None: moderation did not run
+    reasons: list[dict[str, object]] | None = None
+    moderation_signals: dict[str, object] | None = None
+    ocr_text: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         d = {k: getattr(self, k) for k in self.__slots__}
@@ -83,6 +96,8 @@ class Completion:
     width: int
     height: int
     indexed: bool
+    moderation_signals: ModerationSignals | None = None
+    moderation: ModerationVerdict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +462,7 @@ class SqlStore(_ExternalMixin):
             "status": grouped(ImageRow.status),
             "decision": grouped(ImageRow.decision, ImageRow.decision.is_not(None), recent),
             "duplicate_stage": grouped(ImageRow.stage, ImageRow.decision == "duplicate", recent),
+            "moderation": grouped(ImageRow.moderation, ImageRow.moderation.is_not(None), recent),
             "error": grouped(ImageRow.error_reason, ImageRow.error_reason.is_not(None), recent),
         }
 
@@ -528,6 +544,10 @@ def _record(r: ImageRow) -> ItemRecord:
         stage=r.stage,
         evidence=r.evidence,
         processed_by=r.processed_by,
+        moderation=r.moderation,
+        reasons=r.reasons,
+        moderation_signals=r.signals,
+        ocr_text=r.ocr_text,
         writeback=r.writeback,
         indexed=bool(r.indexed),
         created_at=r.created_at,
@@ -626,6 +646,14 @@ class DecisionTx:
                     "score": v.score,
                     "stage": v.stage.value,
                     "evidence": _finite(v.detail),
+                    "moderation": c.moderation.decision.value if c.moderation else None,
+                    "reasons": _json_safe(reasons_json(c.moderation)) if c.moderation else None,
+                    "signals": _json_safe(moderation_signals_json(c.moderation_signals))
+                    if c.moderation_signals
+                    else None,
+                    "ocr_text": "\n".join(ln.text for ln in c.moderation_signals.ocr)
+                    if c.moderation_signals and c.moderation_signals.ocr
+                    else None,
                     "indexed": int(c.indexed),
                     "error_reason": None,
                     "last_error": None,
@@ -640,6 +668,10 @@ class DecisionTx:
             if c.indexed:
                 log_rows.append({"image_id": c.id, "op": "add", "at": now})
             of = f" of #{v.duplicate_of}" if v.duplicate_of else ""
+            if c.moderation is not None:
+                of += f"; moderation {c.moderation.decision.value}"
+                if c.moderation.reasons:
+                    of += ": " + "; ".join(f"{r.category}: {r.message}" for r in c.moderation.reasons[:5])
             events.append(
                 {
                     "image_id": c.id,
@@ -696,6 +728,21 @@ class DecisionTx:
 def _printable(text_: str) -> str:
     """PostgreSQL text cannot hold NUL; an error message quoting binary data must not fail the batch."""
     return text_.replace("\x00", "\\x00")
+
+
+def _json_safe(value: object) -> object:
+    """NaN/infinity become null and NUL characters are escaped: PostgreSQL's JSON refuses both."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _finite(detail: dict[str, float]) -> dict[str, float] | None:

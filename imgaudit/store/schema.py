@@ -81,6 +81,11 @@ class ImageRow(Base):
     evidence: Mapped[dict[str, float] | None] = mapped_column(JSON)  # the verdict's detail
     indexed: Mapped[bool] = mapped_column(Integer, default=0)  # in the vector/hash indexes
 
+    moderation: Mapped[str | None] = mapped_column(String(8))  # pass | review | violate
+    reasons: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
+    signals: Mapped[dict[str, object] | None] = mapped_column(JSON)  # OCR lines, codes, scores, labels
+    ocr_text: Mapped[str | None] = mapped_column(Text)
+
     processed_by: Mapped[str | None] = mapped_column(String(128))
     writeback: Mapped[str | None] = mapped_column(String(16))  # external sources: pending | done
 
@@ -93,6 +98,7 @@ class ImageRow(Base):
         Index("ix_images_indexed", "indexed", "id"),
         Index("ix_images_processed", "processed_at"),
         Index("ix_images_writeback", "writeback", "id"),
+        Index("ix_images_moderation", "moderation", "id"),
     )
 
 

@@ -22,6 +22,7 @@ from imgaudit.index.catalog import Indexes
 from imgaudit.media.decode import decode
 from imgaudit.media.fetch import Fetcher, read_local
 from imgaudit.models.visual import VisualEncoder
+from imgaudit.pipeline.moderation import Moderated, Moderator, Subject
 from imgaudit.policy.cascade import Lookups, decide
 from imgaudit.signals import local_features
 from imgaudit.signals.framing import content_box
@@ -40,6 +41,9 @@ class Analysed:
     decoded: Decoded | None = None
     signals: DedupSignals | None = None
     error: ImgauditError | None = None
+    data: bytes | None = None  # the bytes as received, kept for the batch (larger decodes for OCR)
+    probabilities: np.ndarray | None = None  # ImageNet-1k, from the visual encoder
+    moderated: Moderated | None = None
 
 
 @dataclass
@@ -73,8 +77,10 @@ class Pipeline:
         indexes: Indexes,
         encoder: VisualEncoder,
         thumbs: ThumbStore,
+        moderator: Moderator | None = None,
     ) -> None:
         self.settings = settings
+        self.moderator = moderator if settings.moderation.enabled else None
         self.store = store
         self.indexes = indexes
         self.encoder = encoder
@@ -118,6 +124,7 @@ class Pipeline:
         except MediaError as exc:
             return Analysed(error=exc)
         return Analysed(
+            data=data,
             decoded=d,
             signals=DedupSignals(
                 d.sha256,
@@ -145,10 +152,25 @@ class Pipeline:
                     a.error, a.decoded, a.signals = exc, None, None
                 return items
             inner = dict(zip(map(id, framed), out.descriptors[len(ok) :], strict=True))
-            for a, emb in zip(ok, out.descriptors[: len(ok)], strict=True):
+            for a, emb, probs in zip(ok, out.descriptors[: len(ok)], out.probabilities, strict=False):
                 a.signals = replace(a.signals, embedding=emb, inner_embedding=inner.get(id(a)))  # type: ignore[arg-type]
+                a.probabilities = probs
             timings["embed"] += time.perf_counter() - t
+            if self.moderator is not None:
+                self._moderate(ok, timings)
         return items
+
+    def _moderate(self, ok: list[Analysed], timings: dict[str, float]) -> None:
+        subjects = [
+            Subject(a.decoded, a.data or b"", a.signals.embedding, a.probabilities)  # type: ignore[arg-type, union-attr]
+            for a in ok
+        ]
+        assert self.moderator is not None
+        for a, result in zip(ok, self.moderator.run(subjects, timings), strict=True):
+            if isinstance(result, ImgauditError):
+                a.error, a.decoded, a.signals = result, None, None
+            else:
+                a.moderated = result
 
     def lookups(
         self,
@@ -319,7 +341,17 @@ class Pipeline:
                         batch_exact.setdefault("p:" + a.signals.pixel_sha256, (item.id, Stage.EXACT_PIXELS))
                     d = a.decoded
                     report.completions.append(
-                        Completion(item.id, a.signals, verdict, d.format, d.width, d.height, index_it)
+                        Completion(
+                            item.id,
+                            a.signals,
+                            verdict,
+                            d.format,
+                            d.width,
+                            d.height,
+                            index_it,
+                            a.moderated.signals if a.moderated else None,
+                            a.moderated.verdict if a.moderated else None,
+                        )
                     )
                 t_write = time.perf_counter()
                 report.lost = tx.finish(
