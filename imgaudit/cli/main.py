@@ -641,3 +641,8 @@ def main() -> None:  # pragma: no cover
 from imgaudit.cli.daemon import register as _register_daemon  # noqa: E402 - needs worker_app defined
 
 _register_daemon(worker_app)
+
+from imgaudit.cli.models import models_app, train_command  # noqa: E402 - uses main's helpers late
+
+app.command("train")(train_command)
+app.add_typer(models_app, name="models")
