@@ -163,6 +163,10 @@ class ExternalTableSettings(_Group):
         description="SQL condition selecting rows waiting for work.",
     )
     batch_size: int = Field(100, ge=1, le=10_000, description="Rows read per poll (one short read).")
+    caption_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns whose text (title, description...) is indexed for search with the image.",
+    )
     on_unique: dict[str, str] = Field(
         default_factory=lambda: {"status": "tag_extension"},
         description="Columns set when an image is unique.",
@@ -213,15 +217,15 @@ class ModerationSettings(_Group):
     nsfw: bool = Field(True, description="Score nudity with the open_nsfw model.")
     quality: bool = Field(True, description="Measure sharpness, contrast and flatness.")
     classifier: bool = Field(True, description="Apply the promoted classifier head, when there is one.")
-    ocr_gate_side: int = Field(
-        320,
+    ocr_det_side: int = Field(
+        512,
         ge=128,
-        le=1280,
-        description="Longest side at which the text detector first looks for any text; OCR proper runs "
-        "only on images where it finds some.",
+        le=2048,
+        description="Longest side at which text is detected, on the pixels already decoded for analysis "
+        "(so at most decode.max_side); 320 is 3x cheaper but misses small print.",
     )
-    ocr_side: int = Field(
-        960, ge=320, le=2048, description="Longest side for text detection and recognition proper."
+    ocr_read_side: int = Field(
+        1280, ge=320, le=4096, description="Longest side of the decode on which detected lines are read."
     )
     ocr_min_score: float = Field(0.5, ge=0, le=1, description="Recognised lines below this are dropped.")
     ocr_confident: float = Field(

@@ -40,11 +40,14 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ImageRef:
-    """Where an image comes from: a local path, a URL, or a key in an external table."""
+    """Where an image comes from: a local path, a URL, or a key in an external table, with what the
+    source says about it (a title or description, arbitrary fields) for search."""
 
     uri: str
     kind: str = "path"  # path | url | key
     external_key: str | None = None
+    caption: str | None = None
+    meta: dict[str, object] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

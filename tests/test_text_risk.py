@@ -487,3 +487,21 @@ def test_a_rule_file_turns_a_built_in_word_list_off(tmp_path: Path) -> None:
     rules = TextRules.load([path])
     assert rules.scan(["高仿包包"]) == []
     assert [h.value for h in rules.scan(["减肥药"])] == ["减肥药"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("Q8006160", "qq", "8006160"),
+        ("Q：7788115244", "qq", "7788115244"),
+        ("电话13么67二五六五04", "phone", "13167256504"),  # OCR reads 幺 as 么
+    ],
+)
+def test_forms_seen_on_the_overlay_benchmark(text: str, kind: str, value: str) -> None:
+    hits = TextRules.load().scan([text])
+    assert [(h.kind, h.value) for h in hits] == [(kind, value)]
+
+
+@pytest.mark.parametrize("text", ["Q3 2024", "Q1 sales up 12%", "Q版公仔 28cm", "IQ 1234567", "为什么 2024年"])
+def test_bare_q_and_mo_do_not_overreach(text: str) -> None:
+    assert TextRules.load().scan([text]) == []

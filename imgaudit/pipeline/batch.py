@@ -61,6 +61,18 @@ def _no_exact(sha256: str, pixel_sha256: str) -> None:
     return None
 
 
+LABELS_KEPT = 32
+
+
+def top_probabilities(probabilities: np.ndarray | None) -> list[list[float]] | None:
+    """The most probable ImageNet classes as [index, probability]: enough of the mass for search's label
+    bridge (the tail of 1,000 classes holds little), at a few hundred bytes per image."""
+    if probabilities is None:
+        return None
+    top = np.argsort(-probabilities)[:LABELS_KEPT]
+    return [[int(i), round(float(probabilities[i]), 5)] for i in top if probabilities[i] >= 1e-4]
+
+
 def _crop(a: Analysed) -> np.ndarray:
     assert a.decoded is not None and a.signals is not None and a.signals.inner_box is not None
     x0, y0, x1, y1 = a.signals.inner_box
@@ -351,6 +363,7 @@ class Pipeline:
                             index_it,
                             a.moderated.signals if a.moderated else None,
                             a.moderated.verdict if a.moderated else None,
+                            top_probabilities(a.probabilities),
                         )
                     )
                 t_write = time.perf_counter()

@@ -1,10 +1,10 @@
 """The moderation stage of a batch: every signal computed in batches, then the policy per image.
 
 Cheap signals first, expensive ones only where they can matter: quality and codes on the analysis-size
-pixels (a few ms), NSFW batched, then the text detector at a small size on every image, and full OCR
-(detection at ``ocr_side`` on a larger decode, recognition batched across the batch's lines) only for the
-images where it saw text. Labels and the classifier head reuse the visual encoder's outputs of the
-dedup stage, so they cost nothing more.
+pixels (a few ms), NSFW batched where there is skin, the text detector on the analysis-size pixels, and
+recognition (on a larger decode, batched across the batch's lines) only for the images with text.
+Labels and the classifier head reuse the visual encoder's outputs of the dedup stage, so they cost
+nothing more.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Moderator:
         if max(d.width, d.height) <= max(d.pixels.shape[:2]):
             return d.pixels, d.width / d.pixels.shape[1]
         try:
-            big = decode(s.data, max_pixels=self.settings.decode.max_pixels, max_side=self.cfg.ocr_side)
+            big = decode(s.data, max_pixels=self.settings.decode.max_pixels, max_side=self.cfg.ocr_read_side)
         except MediaError:  # it decoded once; keep what we have rather than fail the image
             return d.pixels, d.width / d.pixels.shape[1]
         return big.pixels, d.width / big.pixels.shape[1]
@@ -149,19 +149,24 @@ class Moderator:
     ) -> None:
         assert self.ocr is not None
         t = time.perf_counter()
-        gate = self.ocr.has_text([s.decoded.pixels for s in subjects], self.cfg.ocr_gate_side)
-        _took(timings, "ocr_gate", t)
+        boxes = self.ocr.detect([s.decoded.pixels for s in subjects], self.cfg.ocr_det_side)
+        _took(timings, "ocr_detect", t)
         t = time.perf_counter()
-        texty = [i for i, yes in enumerate(gate) if yes]
-        for i, yes in enumerate(gate):
-            found[i]["text_found"] = yes
+        texty = [i for i, b in enumerate(boxes) if len(b)]
+        for i, b in enumerate(boxes):
+            found[i]["text_found"] = bool(len(b))
             found[i]["ocr"] = ()
         if texty:
+            # Read where the detector looked, on a larger decode: small print needs the pixels.
             larger = list(self.pool.map(lambda i: self._larger(subjects[i]), texty))
-            lines = self.ocr.read([p for p, _ in larger], self.cfg.ocr_side, [f for _, f in larger])
+            big_boxes = [
+                boxes[i] * (big.shape[1] / subjects[i].decoded.pixels.shape[1])
+                for i, (big, _) in zip(texty, larger, strict=True)
+            ]
+            lines = self.ocr.recognise([p for p, _ in larger], big_boxes, [f for _, f in larger])
             for i, ls, (big, factor) in zip(texty, lines, larger, strict=True):
                 found[i]["ocr"] = tuple(ls)
                 if self.cfg.qr and not found[i].get("codes") and big is not subjects[i].decoded.pixels:
                     # A small code beside the text may only be readable on the larger decode.
                     found[i]["codes"] = code_reader.read_codes(big, barcodes=self.cfg.barcodes, scale=factor)
-        _took(timings, "ocr", t)
+        _took(timings, "ocr_read", t)

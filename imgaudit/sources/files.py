@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,34 @@ class Source(Protocol):
     def refs(self) -> Iterator[ImageRef]: ...
 
 
+SIDECAR_MAX_BYTES = 64 * 1024
+CAPTION_KEYS = ("title", "caption", "description", "desc", "name")
+
+
+def read_sidecar(image: Path) -> tuple[str | None, dict[str, object] | None]:
+    """What a listing says about an image, from ``photo.jpg.json`` or ``photo.json`` beside it: the
+    caption is its title / caption / description joined; the other fields are kept as metadata. A
+    missing, oversized or unreadable sidecar is simply no metadata."""
+    for candidate in (image.with_name(image.name + ".json"), image.with_suffix(".json")):
+        try:
+            if not candidate.is_file() or candidate.stat().st_size > SIDECAR_MAX_BYTES:
+                continue
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        parts = [str(data[k]).strip() for k in CAPTION_KEYS if isinstance(data.get(k), str | int | float)]
+        caption = "\n".join(p for p in parts if p) or None
+        meta = {k: v for k, v in data.items() if k not in CAPTION_KEYS} or None
+        return caption, meta
+    return None, None
+
+
 class FolderSource:
     """Every file under a folder, recursively, in a stable order. Files are filtered by suffix only to
-    skip obvious non-images; the real check is the decoder's magic-byte sniffing."""
+    skip obvious non-images; the real check is the decoder's magic-byte sniffing. A JSON sidecar
+    (``photo.jpg.json``) gives the image a caption and metadata for search."""
 
     name = "folder"
 
@@ -35,7 +61,9 @@ class FolderSource:
                 if name.startswith("."):
                     continue
                 if self.all_files or Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield ImageRef(str((Path(dirpath) / name).resolve()), "path")
+                    path = (Path(dirpath) / name).resolve()
+                    caption, meta = read_sidecar(path)
+                    yield ImageRef(str(path), "path", caption=caption, meta=meta)
 
 
 class UrlListSource:
@@ -76,4 +104,6 @@ class _SingleFile:
         self.path = path
 
     def refs(self) -> Iterator[ImageRef]:
-        yield ImageRef(str(self.path.resolve()), "path")
+        path = self.path.resolve()
+        caption, meta = read_sidecar(path)
+        yield ImageRef(str(path), "path", caption=caption, meta=meta)

@@ -142,14 +142,18 @@ class ExternalTable:
         row gets the ``on_failure`` values, instead of staying silently in the waiting state.
         """
         p = self._prepare()
-        query = select(p.key, p.image).where(p.where, p.key.is_not(None))
+        captions = [p.table.c[c] for c in self.settings.caption_columns]
+        query = select(p.key, p.image, *captions).where(p.where, p.key.is_not(None))
         if after_key is not None:
             query = query.where(p.key > self._cursor_value(p, after_key))
         query = query.order_by(p.key).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
             conn.rollback()  # end the read now: no snapshot or metadata lock held between polls
-        return [ImageRef(self._image_uri(image), "key", str(key)) for key, image in rows]
+        return [
+            ImageRef(self._image_uri(row[1]), "key", str(row[0]), caption=_caption(row[2:]))
+            for row in rows
+        ]
 
     def _image_uri(self, value: object) -> str:
         """The full image URL (``cdn_base`` + relative path); a value that cannot become one is kept as
@@ -299,6 +303,7 @@ class ExternalTable:
         named: list[tuple[str, str]] = [("key_column", s.key_column), ("image_column", s.image_column)]
         for group in ("on_unique", "on_duplicate", "on_failure", "on_review", "on_violate"):
             named += [(group, col) for col in getattr(s, group)]
+        named += [("caption_columns", col) for col in s.caption_columns]
         named += [
             (opt, getattr(s, opt))
             for opt in (
@@ -412,6 +417,17 @@ def _coerce(table: Table, column: str, key: str | None) -> Any:
             return None
     length = t.length if isinstance(t, String) else None
     return key if not length or len(key) <= length else None
+
+
+def _caption(values: Sequence[object]) -> str | None:
+    """The caption columns of a row (title, description...), joined; None when all are empty."""
+    parts = []
+    for v in values:
+        if isinstance(v, bytes | bytearray):
+            v = v.decode("utf-8", "replace")
+        if v is not None and str(v).strip():
+            parts.append(str(v).strip())
+    return "\n".join(parts) or None
 
 
 def _fit(table: Table, column: str, value: str | None) -> str | None:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from imgaudit.errors import ImgauditError, NotFound
 from imgaudit.signals.hashes import from_signed, to_signed
 from imgaudit.store.db import make_engine, migrate
-from imgaudit.store.schema import EventRow, ImageRow, IndexLogRow, SourceStateRow, utcnow
+from imgaudit.store.schema import EventRow, ImageRow, IndexLogRow, SearchLogRow, SourceStateRow, utcnow
 from imgaudit.types import (
     DedupSignals,
     ImageRef,
@@ -76,6 +76,9 @@ class ItemRecord:
     reasons: list[dict[str, object]] | None = None
     moderation_signals: dict[str, object] | None = None
     ocr_text: str | None = None
+    caption: str | None = None
+    meta: dict[str, object] | None = None
+    labels: list[list[float]] | None = None
 
     def as_dict(self) -> dict[str, object]:
         d = {k: getattr(self, k) for k in self.__slots__}
@@ -98,6 +101,7 @@ class Completion:
     indexed: bool
     moderation_signals: ModerationSignals | None = None
     moderation: ModerationVerdict | None = None
+    labels: list[list[float]] | None = None  # top ImageNet [index, probability], for search
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,8 @@ class Store(Protocol):
     def mark_written(self, ids: Sequence[int]) -> None: ...
     def events(self, item_id: int) -> list[dict[str, object]]: ...
     def find(self, key: str) -> ItemRecord | None: ...
+    def search_feed(self, after: int, limit: int = 1000) -> list[tuple[int, ItemRecord]]: ...
+    def last_search_seq(self) -> int: ...
 
 
 class _ExternalMixin:
@@ -276,6 +282,8 @@ class SqlStore(_ExternalMixin):
                     created_at=now,
                     updated_at=now,
                     indexed=0,
+                    caption=_printable(r.caption)[:20_000] if r.caption else None,
+                    meta=_json_safe(r.meta) if r.meta else None,
                 )
                 for h, r in hashes.items()
             ]
@@ -513,11 +521,29 @@ class SqlStore(_ExternalMixin):
                 q = q.limit(limit)
             return [(_record(a), _record(b)) for a, b in s.execute(q).all()]
 
+    def search_feed(self, after: int, limit: int = 1000) -> list[tuple[int, ItemRecord]]:
+        """Finished items logged after sequence ``after`` (the search indexes' cursor), oldest first;
+        an item finished twice appears twice (the later entry wins)."""
+        with self._session() as s:
+            rows = s.execute(
+                select(SearchLogRow.seq, ImageRow)
+                .join(ImageRow, ImageRow.id == SearchLogRow.image_id)
+                .where(SearchLogRow.seq > after)
+                .order_by(SearchLogRow.seq)
+                .limit(limit)
+            ).all()
+            return [(int(seq), _record(r)) for seq, r in rows]
+
+    def last_search_seq(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.coalesce(func.max(SearchLogRow.seq), 0))) or 0)
+
     def reset(self) -> None:
         with self._session() as s, s.begin():
             s.execute(update(ImageRow).values(duplicate_of=None))
             s.execute(delete(ImageRow))
             s.execute(delete(IndexLogRow))
+            s.execute(delete(SearchLogRow))
             s.execute(delete(EventRow))
             s.execute(delete(SourceStateRow))
 
@@ -548,6 +574,9 @@ def _record(r: ImageRow) -> ItemRecord:
         reasons=r.reasons,
         moderation_signals=r.signals,
         ocr_text=r.ocr_text,
+        caption=r.caption,
+        meta=r.meta,
+        labels=r.labels,
         writeback=r.writeback,
         indexed=bool(r.indexed),
         created_at=r.created_at,
@@ -625,6 +654,7 @@ class DecisionTx:
         lost = [i for i in ids if i not in ours]
         updates: list[dict[str, object]] = []
         log_rows: list[dict[str, object]] = []
+        search_rows: list[dict[str, object]] = []
         events: list[dict[str, object]] = []
         for c in completions:
             if c.id not in ours:
@@ -654,6 +684,7 @@ class DecisionTx:
                     "ocr_text": "\n".join(ln.text for ln in c.moderation_signals.ocr)
                     if c.moderation_signals and c.moderation_signals.ocr
                     else None,
+                    "labels": c.labels,
                     "indexed": int(c.indexed),
                     "error_reason": None,
                     "last_error": None,
@@ -667,6 +698,7 @@ class DecisionTx:
             )
             if c.indexed:
                 log_rows.append({"image_id": c.id, "op": "add", "at": now})
+            search_rows.append({"image_id": c.id})
             of = f" of #{v.duplicate_of}" if v.duplicate_of else ""
             if c.moderation is not None:
                 of += f"; moderation {c.moderation.decision.value}"
@@ -720,6 +752,8 @@ class DecisionTx:
                 s.execute(update(ImageRow), rows)  # executemany by primary key
         if log_rows:
             s.execute(insert(IndexLogRow), log_rows)
+        if search_rows:
+            s.execute(insert(SearchLogRow), search_rows)
         if events:
             s.execute(insert(EventRow), events)
         return lost

@@ -85,6 +85,9 @@ class ImageRow(Base):
     reasons: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
     signals: Mapped[dict[str, object] | None] = mapped_column(JSON)  # OCR lines, codes, scores, labels
     ocr_text: Mapped[str | None] = mapped_column(Text)
+    caption: Mapped[str | None] = mapped_column(Text)  # title / description given by the source
+    meta: Mapped[dict[str, object] | None] = mapped_column(JSON)  # other fields given by the source
+    labels: Mapped[list[list[float]] | None] = mapped_column(JSON)  # top ImageNet [index, probability]
 
     processed_by: Mapped[str | None] = mapped_column(String(128))
     writeback: Mapped[str | None] = mapped_column(String(16))  # external sources: pending | done
@@ -114,6 +117,18 @@ class IndexLogRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = ({"sqlite_autoincrement": True},)  # never reuse a sequence number
+
+
+class SearchLogRow(Base):
+    """Append-only log of finished items, in the order they finished: the search indexes (text space,
+    BM25) follow it from their own cursor, so workers never write to them."""
+
+    __tablename__ = "search_log"
+
+    seq: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(Id)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
 
 class EventRow(Base):
