@@ -505,3 +505,22 @@ def test_forms_seen_on_the_overlay_benchmark(text: str, kind: str, value: str) -
 @pytest.mark.parametrize("text", ["Q3 2024", "Q1 sales up 12%", "Q版公仔 28cm", "IQ 1234567", "为什么 2024年"])
 def test_bare_q_and_mo_do_not_overreach(text: str) -> None:
     assert TextRules.load().scan([text]) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("shop-37@163.c0m", "email", "shop-37@163.com"),  # OCR reads the o of .com as a zero
+        ("wap.le-92.c0m", "url", "wap.le-92.com"),
+        ("vxliyuetian44505", "wechat", "liyuetian44505"),  # cue glued to the id
+        ("扣扣群：40792065", "qq", "40792065"),
+        ("+86一九三五六四四二○一四", "phone", "19356442014"),  # a circle for 〇
+    ],
+)
+def test_ocr_forms_from_the_benchmark(text: str, kind: str, value: str) -> None:
+    assert [(h.kind, h.value) for h in TextRules.load().scan([text])] == [(kind, value)]
+
+
+@pytest.mark.parametrize("text", ["vxga1080", "wxga 1366x768", "XPS 13 9343\n€ 248,99"])
+def test_glued_cues_and_model_numbers_stay_clear(text: str) -> None:
+    assert TextRules.load().scan(text.split("\n")) == []

@@ -121,10 +121,15 @@ def _is_latin(c: str) -> bool:
     return c.isascii() and c.isalpha()
 
 
+_ZERO_LIKE = frozenset("○◯⭕")
+
+
 def _fold(ch: str) -> str:
     """Full-width to half-width, compatibility forms (①, ²) to plain ones, case folded; invisibles gone."""
     if ch in _INVISIBLE:
         return ""
+    if ch in _ZERO_LIKE:  # circles OCR and sellers use for the CJK zero 〇
+        return "〇"
     return unicodedata.normalize("NFKC", ch).casefold()
 
 
