@@ -154,3 +154,13 @@ def test_ocr_reads_chinese(ocr: OcrEngine, cjk_font_path: str) -> None:
     (lines,) = ocr.read([_text_image("微信 shop8888 包邮", font=font)], 960, [1.0])
     text = "".join(line.text for line in lines).replace(" ", "")
     assert "微信" in text and "shop8888" in text and "包邮" in text
+
+
+@pytest.mark.parametrize("angle", [90, -90])
+def test_ocr_reads_vertical_text_either_way_round(ocr: OcrEngine, angle: int) -> None:
+    canvas = Image.new("RGB", (600, 800), (240, 240, 240))
+    line = Image.new("RGB", (500, 60), (255, 255, 255))
+    ImageDraw.Draw(line).text((10, 5), "QQ 75624117253", font=ImageFont.load_default(44), fill=(0, 0, 0))
+    canvas.paste(line.rotate(angle, expand=True), (250, 100))
+    (lines,) = ocr.read([np.asarray(canvas)], 960, [1.0])
+    assert [ln.text for ln in lines] == ["QQ 75624117253"]

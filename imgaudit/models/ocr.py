@@ -102,6 +102,16 @@ class OcrEngine:
         out: list[list[OcrLine]] = [[] for _ in images]
         if not crops:
             return out
+        # Vertical lines were turned a quarter turn, which way round is a guess: the angle classifier
+        # turns upside-down crops back (it only runs on those, the others are upright by construction).
+        turned = [k for k, (_, b) in enumerate(owners) if _is_vertical(b)]
+        if turned:
+            try:
+                fixed, _, _ = engine.text_cls([crops[k] for k in turned])
+            except Exception as exc:  # rapidocr raises its own untyped errors
+                raise ModelError(f"OCR orientation failed: {exc}") from exc
+            for k, crop in zip(turned, fixed, strict=True):
+                crops[k] = crop
         n = min(self.threads, len(crops))
         order = np.argsort([c.shape[1] / max(1, c.shape[0]) for c in crops])  # similar widths batch together
         parts = [[int(k) for k in order[j::n]] for j in range(n)]
@@ -122,6 +132,13 @@ class OcrEngine:
     def read(self, images: Sequence[np.ndarray], side: int, scales: Sequence[float]) -> list[list[OcrLine]]:
         """Detect at ``side`` and recognise on the same pixels (tests, tools)."""
         return self.recognise(images, self.detect(images, side), scales)
+
+
+def _is_vertical(box: np.ndarray) -> bool:
+    """Whether rapidocr's crop of this quadrilateral is rotated (it turns crops 1.5x taller than wide)."""
+    width = max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3]))
+    height = max(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[1] - box[2]))
+    return bool(height >= 1.5 * max(width, 1.0))
 
 
 def resize_longest(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
