@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, partial
 
 from imgaudit.config import Settings
+from imgaudit.errors import StoreError
 from imgaudit.index.catalog import new_indexes
+from imgaudit.index.text_index import TantivyTextIndex
 from imgaudit.models.classifier import ClassifierHub
 from imgaudit.models.nsfw import NsfwScorer
 from imgaudit.models.ocr import OcrEngine
+from imgaudit.models.text import E5TextEncoder
 from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
 from imgaudit.pipeline import Moderator, Pipeline
 from imgaudit.services.dedup import DedupService, open_indexes
+from imgaudit.services.search import SearchService
 from imgaudit.services.worker import WorkerService
+from imgaudit.signals.semantic import LabelSpace
 from imgaudit.signals.text_risk import TextRules
 from imgaudit.store.repo import SqlStore, Store
 from imgaudit.store.thumbs import ThumbStore
@@ -118,3 +124,27 @@ def worker_service(settings: Settings, encoder: VisualEncoder | None = None) -> 
         finally:
             if external is not None:
                 external.close()
+
+
+@cache
+def _text_encoder(threads: int) -> E5TextEncoder:
+    return E5TextEncoder(threads=threads)
+
+
+@contextmanager
+def search_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[SearchService]:
+    """Search over the store, with the dedup service behind it for image queries and groups; the
+    search indexes are caught up with the store before it is handed out."""
+    text = _text_encoder(settings.models.threads)
+    labels = LabelSpace(text, settings.cache_dir)
+    with dedup_service(settings, encoder) as dedup:
+        path = settings.data_dir / "search" / "bm25"
+        try:
+            index = TantivyTextIndex(path)
+        except StoreError:  # built by another analyzer version: it is rebuilt from the store
+            shutil.rmtree(path)
+            index = TantivyTextIndex(path)
+        try:
+            yield SearchService(settings, dedup.store, text, labels, index, dedup)
+        finally:
+            index.close()

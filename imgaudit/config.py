@@ -284,6 +284,24 @@ class ModerationSettings(_Group):
     )
 
 
+class SearchSettings(_Group):
+    """Text and image search over everything ingested (``imgaudit search``)."""
+
+    rrf_k: int = Field(
+        60, ge=0, description="Reciprocal rank fusion constant: larger lets lower ranks count more."
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"labels": 1.0, "text": 1.0, "bm25": 1.0, "clip": 1.0, "visual": 1.0},
+        description="Weight of each ranked list in the fusion: labels (pixels, via ImageNet labels), text "
+        "(OCR and caption embeddings), bm25, clip, visual (image queries).",
+    )
+    min_similarity: dict[str, float] = Field(
+        default_factory=dict,
+        description="Cosine below which a dense list drops a candidate, per list (e.g. {text = 0.75}).",
+    )
+    per_page: int = Field(20, ge=1, le=500, description="Results per page.")
+
+
 class Settings(BaseSettings):
     """All of imgaudit's settings."""
 
@@ -309,6 +327,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     external: ExternalTableSettings = Field(default_factory=ExternalTableSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -524,3 +524,22 @@ def test_ocr_forms_from_the_benchmark(text: str, kind: str, value: str) -> None:
 @pytest.mark.parametrize("text", ["vxga1080", "wxga 1366x768", "XPS 13 9343\n€ 248,99"])
 def test_glued_cues_and_model_numbers_stay_clear(text: str) -> None:
     assert TextRules.load().scan(text.split("\n")) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("QQ咨询:417850047", "qq", "417850047"),
+        ("bit.ly/NrUwsn", "url", "bit.ly/nruwsn"),
+        ("点击进入:https:/fashion-an.com", "url", "fashion-an.com"),  # OCR dropped a slash
+        ("V♥：haohaomei51", "wechat", "haohaomei51"),
+        ("wxli-4473", "wechat", "li-4473"),
+    ],
+)
+def test_more_forms_from_the_unseen_overlays(text: str, kind: str, value: str) -> None:
+    assert [(h.kind, h.value) for h in TextRules.load().scan([text])] == [(kind, value)]
+
+
+@pytest.mark.parametrize("text", ["V8 engine", "V neck", "size V 38", "v1.2.3 release", "V 2.0"])
+def test_a_bare_v_needs_an_id_like_value(text: str) -> None:
+    assert TextRules.load().scan([text]) == []

@@ -348,31 +348,169 @@ def explain(
 
 @app.command()
 def search(
+    query: Annotated[str | None, typer.Argument(help="Text to look for, in Chinese or English.")] = None,
     image: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            "--image", help="Find indexed images that look like this one.", exists=True, dir_okay=False
+            "--image", help="An example image: find what looks like it.", exists=True, dir_okay=False
         ),
-    ],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many results.", min=1, max=1000)] = 10,
+    ] = None,
+    decision: Annotated[list[str] | None, typer.Option(help="Only unique / duplicate (repeatable).")] = None,
+    moderation: Annotated[
+        list[str] | None, typer.Option(help="Only pass / review / violate (repeatable).")
+    ] = None,
+    source: Annotated[
+        list[str] | None, typer.Option(help="Only images from this source (repeatable).")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Only images with this ImageNet label (English or 中文).")
+    ] = None,
+    has_text: Annotated[
+        bool | None, typer.Option("--has-text/--no-text", help="Only images with / without text.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Ingested since: 15m, 2h, 7d or an ISO date.")] = None,
+    until: Annotated[str | None, typer.Option(help="Ingested before: 15m, 2h, 7d or an ISO date.")] = None,
+    page: Annotated[int, typer.Option(help="Page of results.", min=1)] = 1,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", "-k", "--per-page", help="Results per page.", min=1, max=500)
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Image-to-image search over the visual index."""
-    from imgaudit.types import ImageRef
+    """Search everything ingested by text ("红色连衣裙", "phone number on a box"), by an example image, or
+    both (the image's look-alikes refined by the text). Every hit says why it matched."""
+    from imgaudit.services.search import SearchFilters, image_ref
+
+    with _errors():
+        if not (query and query.strip()) and image is None:
+            raise typer.BadParameter("give a text query, --image, or both")
+        settings = _settings(config)
+        filters = SearchFilters(
+            decision=decision or None,
+            moderation=moderation or None,
+            source=source or None,
+            label=label,
+            has_text=has_text,
+            since=_parse_since(since),
+            until=_parse_since(until),
+        )
+        from imgaudit.bootstrap import search_service
+
+        with search_service(settings) as svc:
+            pending = svc.pending()
+            if pending:
+                _with_progress(pending, "indexing for search", lambda step: _sync_with(svc, step), as_json)
+            results = svc.search(
+                query,
+                image_ref(str(image)) if image else None,
+                filters,
+                page=page,
+                per_page=top_k or settings.search.per_page,
+                sync=False,
+            )
+        if as_json:
+            for rank, h in enumerate(results.hits, (page - 1) * results.per_page + 1):
+                _emit({"rank": rank, **h.as_dict()})
+            return
+        table = Table("rank", "id", "score", "image", "why", show_lines=True)
+        for rank, h in enumerate(results.hits, (page - 1) * results.per_page + 1):
+            flags = "".join(
+                f" [{c}]{v}[/{c}]"
+                for v, c in ((h.record.moderation, MODERATION_COLOUR.get(h.record.moderation or "", "")),)
+                if v and v != "pass"
+            )
+            table.add_row(
+                str(rank),
+                str(h.record.id),
+                f"{h.score:.4f}",
+                h.record.uri + flags,
+                "\n".join(map(_marked, h.why)),
+            )
+        out.print(table)
+        pages = -(-results.total // results.per_page)
+        out.print(
+            f"{results.total} matches, page {results.page} of {max(pages, 1)} "
+            f"({results.seconds * 1000:.0f} ms)"
+        )
+
+
+def _marked(text: str) -> str:
+    """A snippet's <b>matches</b> (HTML-escaped text) as Rich markup."""
+    import html
+
+    from rich.markup import escape
+
+    parts = text.split("<b>")
+    out = escape(html.unescape(parts[0]))
+    for part in parts[1:]:
+        hit, _, rest = part.partition("</b>")
+        out += f"[bold yellow]{escape(html.unescape(hit))}[/bold yellow]{escape(html.unescape(rest))}"
+    return out
+
+
+def _sync_with(svc: Any, step: Callable[[int], None]) -> int:
+    done = 0
+
+    def progress(n: int, _total: int) -> None:
+        nonlocal done
+        step(n - done)
+        done = n
+
+    return svc.sync(progress)
+
+
+def _rebuild_with(svc: Any, step: Callable[[int], None]) -> int:
+    done = 0
+
+    def progress(n: int, _total: int) -> None:
+        nonlocal done
+        step(n - done)
+        done = n
+
+    return svc.rebuild(progress)
+
+
+@app.command()
+def groups(
+    kind: Annotated[
+        str, typer.Option(help="duplicates (copies of one original) or similar (look-alikes).")
+    ] = "duplicates",
+    min_size: Annotated[int, typer.Option(help="Smallest group listed.", min=2)] = 2,
+    limit: Annotated[int, typer.Option(help="Groups listed, largest first.", min=1)] = 50,
+    threshold: Annotated[
+        float, typer.Option(help="For similar: descriptor cosine that links two images.", min=-1, max=1)
+    ] = 0.8,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Near-duplicate groups and similar-content clusters, largest first, with a representative each."""
+    from imgaudit.bootstrap import search_service
 
     with _errors():
         settings = _settings(config)
-        with _service(settings) as svc:
-            hits = svc.similar(ImageRef(str(image.resolve()), "path"), top_k)
+        with search_service(settings) as svc:
+            found = svc.groups(kind, min_size=min_size, limit=limit, threshold=threshold)
         if as_json:
-            for rank, (rec, score) in enumerate(hits, 1):
-                _emit({"rank": rank, "id": rec.id, "uri": rec.uri, "score": round(score, 6)})
+            for g in found:
+                _emit(
+                    {
+                        "kind": g.kind,
+                        "size": g.size,
+                        "representative": g.representative.uri,
+                        "members": g.members,
+                    }
+                )
             return
-        table = Table("rank", "id", "score", "image")
-        for rank, (rec, score) in enumerate(hits, 1):
-            table.add_row(str(rank), str(rec.id), f"{score:.3f}", rec.uri)
+        table = Table("size", "representative", "members")
+        for g in found:
+            more = "…" if len(g.members) > 12 else ""
+            table.add_row(
+                str(g.size),
+                f"#{g.representative.id} {g.representative.uri}",
+                " ".join(f"#{m}" for m in g.members[:12]) + more,
+            )
         out.print(table)
+        out.print(f"{len(found)} {kind} groups of {min_size} or more")
 
 
 def _parse_since(value: str | None) -> datetime | None:
@@ -474,15 +612,20 @@ def reset(
 
 @index_app.command("rebuild")
 def index_rebuild(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Rebuild the vector and hash indexes from the store."""
+    """Rebuild the dedup indexes (vector, hash) and the search indexes from the store."""
+    from imgaudit.bootstrap import search_service
+
     with _errors():
         settings = _settings(config)
-        with _service(settings) as svc:
-            n = svc.rebuild_index()
+        with search_service(settings) as svc:
+            n = svc.dedup.rebuild_index()  # type: ignore[union-attr]
+            searchable = _with_progress(
+                svc.store.last_search_seq(), "search indexes", lambda step: _rebuild_with(svc, step), as_json
+            )
         if as_json:
-            _emit({"event": "index_rebuild", "indexed": n})
+            _emit({"event": "index_rebuild", "indexed": n, "searchable": searchable})
         else:
-            out.print(f"rebuilt the indexes with {n} images")
+            out.print(f"rebuilt the indexes with {n} images; {searchable} searchable")
 
 
 @config_app.command("show")

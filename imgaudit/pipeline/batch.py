@@ -27,6 +27,7 @@ from imgaudit.policy.cascade import Lookups, decide
 from imgaudit.signals import local_features
 from imgaudit.signals.framing import content_box
 from imgaudit.signals.hashes import phash, pixel_sha256
+from imgaudit.signals.semantic import colour_names
 from imgaudit.store.repo import Claimed, Completion, Failure, IndexChange, Store
 from imgaudit.store.thumbs import ThumbStore
 from imgaudit.types import Decision, Decoded, DedupSignals, ImageRef, Stage, Verdict
@@ -43,6 +44,7 @@ class Analysed:
     error: ImgauditError | None = None
     data: bytes | None = None  # the bytes as received, kept for the batch (larger decodes for OCR)
     probabilities: np.ndarray | None = None  # ImageNet-1k, from the visual encoder
+    colours: list[tuple[str, str, float]] | None = None  # dominant colours, for search
     moderated: Moderated | None = None
 
 
@@ -137,6 +139,7 @@ class Pipeline:
             return Analysed(error=exc)
         return Analysed(
             data=data,
+            colours=colour_names(d.pixels),
             decoded=d,
             signals=DedupSignals(
                 d.sha256,
@@ -364,6 +367,7 @@ class Pipeline:
                             a.moderated.signals if a.moderated else None,
                             a.moderated.verdict if a.moderated else None,
                             top_probabilities(a.probabilities),
+                            a.colours,
                         )
                     )
                 t_write = time.perf_counter()

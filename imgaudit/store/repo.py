@@ -79,10 +79,13 @@ class ItemRecord:
     caption: str | None = None
     meta: dict[str, object] | None = None
     labels: list[list[float]] | None = None
+    colours: list[list[object]] | None = None
+    clip_embedding: bytes | None = None
 
     def as_dict(self) -> dict[str, object]:
         d = {k: getattr(self, k) for k in self.__slots__}
         d["phash"] = f"{self.phash:016x}" if self.phash is not None else None
+        d.pop("clip_embedding", None)  # binary, and only for the search indexes
         for key in ("created_at", "processed_at"):
             d[key] = d[key].isoformat() if d[key] else None
         return d
@@ -102,6 +105,8 @@ class Completion:
     moderation_signals: ModerationSignals | None = None
     moderation: ModerationVerdict | None = None
     labels: list[list[float]] | None = None  # top ImageNet [index, probability], for search
+    colours: list[tuple[str, str, float]] | None = None  # dominant colours (english, chinese, share)
+    clip_embedding: np.ndarray | None = None  # image-text embedding, when a CLIP model is configured
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +169,7 @@ class Store(Protocol):
     def events(self, item_id: int) -> list[dict[str, object]]: ...
     def find(self, key: str) -> ItemRecord | None: ...
     def search_feed(self, after: int, limit: int = 1000) -> list[tuple[int, ItemRecord]]: ...
+    def copies_of(self, ids: Sequence[int]) -> dict[int, list[int]]: ...
     def last_search_seq(self) -> int: ...
 
 
@@ -521,6 +527,21 @@ class SqlStore(_ExternalMixin):
                 q = q.limit(limit)
             return [(_record(a), _record(b)) for a, b in s.execute(q).all()]
 
+    def copies_of(self, ids: Sequence[int]) -> dict[int, list[int]]:
+        """The images recorded as duplicates of each of ``ids`` (not indexed themselves), in id order."""
+        out: dict[int, list[int]] = {}
+        if not ids:
+            return out
+        with self._session() as s:
+            rows = s.execute(
+                select(ImageRow.duplicate_of, ImageRow.id)
+                .where(ImageRow.duplicate_of.in_(list(ids)), ImageRow.status == Status.DONE)
+                .order_by(ImageRow.id)
+            ).all()
+        for original, copy in rows:
+            out.setdefault(int(original), []).append(int(copy))
+        return out
+
     def search_feed(self, after: int, limit: int = 1000) -> list[tuple[int, ItemRecord]]:
         """Finished items logged after sequence ``after`` (the search indexes' cursor), oldest first;
         an item finished twice appears twice (the later entry wins)."""
@@ -577,6 +598,8 @@ def _record(r: ImageRow) -> ItemRecord:
         caption=r.caption,
         meta=r.meta,
         labels=r.labels,
+        colours=r.colours,
+        clip_embedding=r.clip_embedding,
         writeback=r.writeback,
         indexed=bool(r.indexed),
         created_at=r.created_at,
@@ -685,6 +708,10 @@ class DecisionTx:
                     if c.moderation_signals and c.moderation_signals.ocr
                     else None,
                     "labels": c.labels,
+                    "colours": [list(x) for x in c.colours] if c.colours else None,
+                    "clip_embedding": pack_embedding(c.clip_embedding)
+                    if c.clip_embedding is not None
+                    else None,
                     "indexed": int(c.indexed),
                     "error_reason": None,
                     "last_error": None,

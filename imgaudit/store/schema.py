@@ -88,6 +88,8 @@ class ImageRow(Base):
     caption: Mapped[str | None] = mapped_column(Text)  # title / description given by the source
     meta: Mapped[dict[str, object] | None] = mapped_column(JSON)  # other fields given by the source
     labels: Mapped[list[list[float]] | None] = mapped_column(JSON)  # top ImageNet [index, probability]
+    colours: Mapped[list[list[object]] | None] = mapped_column(JSON)  # [english, chinese, share]
+    clip_embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float16, when a CLIP is configured
 
     processed_by: Mapped[str | None] = mapped_column(String(128))
     writeback: Mapped[str | None] = mapped_column(String(16))  # external sources: pending | done

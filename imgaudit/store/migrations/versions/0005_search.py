@@ -1,5 +1,5 @@
-"""Search: what sources say about an image (caption, fields), its top ImageNet labels, and the log of
-finished items that the search indexes follow.
+"""Search: what sources say about an image (caption, fields), its top ImageNet labels, dominant colours
+and image-text (CLIP) embedding, and the log of finished items that the search indexes follow.
 
 Revision ID: 0005
 Revises: 0004
@@ -20,6 +20,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("caption", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("meta", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("labels", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("colours", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("clip_embedding", sa.LargeBinary(), nullable=True))
     op.create_table(
         "search_log",
         sa.Column(
@@ -36,6 +38,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("search_log")
     with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.drop_column("clip_embedding")
+        batch_op.drop_column("colours")
         batch_op.drop_column("labels")
         batch_op.drop_column("meta")
         batch_op.drop_column("caption")
