@@ -99,6 +99,7 @@ class ModelError(ImgauditError):
     """A model could not be loaded or run."""
 
     reason = "model"
+    retryable = True  # not the image's fault: once the model is fixed, the image deserves another try
 
 
 class StoreError(ImgauditError):

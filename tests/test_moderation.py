@@ -212,3 +212,30 @@ def test_moderation_can_be_switched_off(listing: tuple[Path, Path]) -> None:
         IMGAUDIT_MODERATION__ENABLED="false",
     ).rows
     assert "moderation" not in row and row["decision"] == "duplicate"
+
+
+def test_a_failing_moderation_model_fails_the_batch_cleanly(
+    settings, fake_encoder, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A model error during moderation (which runs beside verification) is a recorded, retryable failure
+    for the batch's images; nothing is half-written and the next batch is unaffected."""
+    from imgaudit.bootstrap import dedup_service
+    from imgaudit.errors import ModelError
+    from imgaudit.sources.files import FolderSource
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, seed in enumerate((278, 371)):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(textured_image(seed, (320, 240))))
+    with dedup_service(settings, fake_encoder) as svc:
+        assert svc.pipeline.moderator is not None
+
+        def broken(*_a: object, **_k: object) -> object:
+            raise ModelError("the OCR model file is damaged")
+
+        # The OCR engine is shared by the whole process: patched for this test only.
+        monkeypatch.setattr(svc.pipeline.moderator.ocr, "detect", broken)
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        summary = svc.process_queue(limit=2)
+        assert summary.failed == 2 and summary.errors == {"model": 2}
+        assert svc.store.counts()["status"] == {"failed_retryable": 2}
