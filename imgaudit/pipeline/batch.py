@@ -100,12 +100,10 @@ class Pipeline:
         self.encoder = encoder
         self.thumbs = thumbs
         self._pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
-        self._background = ThreadPoolExecutor(1, thread_name_prefix="moderation")
         self.synced_seq = 0  # last index-log entry reflected in self.indexes
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
-        self._background.shutdown(wait=False)
 
     # -- stages ----------------------------------------------------------------------------------------
 
@@ -152,9 +150,7 @@ class Pipeline:
             ),
         )
 
-    def analyse(
-        self, blobs: Sequence[bytes | ImgauditError], timings: dict[str, float], moderate: bool = True
-    ) -> list[Analysed]:
+    def analyse(self, blobs: Sequence[bytes | ImgauditError], timings: dict[str, float]) -> list[Analysed]:
         t = time.perf_counter()
         items = list(self._pool.map(self._decode_one, blobs))
         timings["decode+hash"] += time.perf_counter() - t
@@ -175,7 +171,7 @@ class Pipeline:
                 a.signals = replace(a.signals, embedding=emb, inner_embedding=inner.get(id(a)))  # type: ignore[arg-type]
                 a.probabilities = probs
             timings["embed"] += time.perf_counter() - t
-            if self.moderator is not None and moderate:
+            if self.moderator is not None:
                 self._moderate(ok, timings)
         return items
 
@@ -187,7 +183,7 @@ class Pipeline:
         assert self.moderator is not None
         for a, result in zip(ok, self.moderator.run(subjects, timings), strict=True):
             if isinstance(result, ImgauditError):
-                a.error = result  # the rest stays: verification may be reading it in parallel
+                a.error, a.decoded, a.signals = result, None, None
             else:
                 a.moderated = result
 
@@ -306,21 +302,13 @@ class Pipeline:
         t = time.perf_counter()
         blobs = self.load([c.ref for c in claimed])
         report.timings["load"] += time.perf_counter() - t
-        analysed = self.analyse(blobs, report.timings, moderate=False)
+        analysed = self.analyse(blobs, report.timings)
         ok: list[tuple[Claimed, Analysed]] = []
         for item, a in zip(claimed, analysed, strict=True):
             if a.error is not None or a.signals is None or a.decoded is None:
                 report.failures.append(Failure(item.id, a.error or MediaError("no signals")))
             else:
                 ok.append((item, a))
-        # Moderation runs beside verification: local-feature matching keeps one core busy, and the
-        # moderation models use the other. Its results are needed only for the write.
-        moderation_timings: dict[str, float] = defaultdict(float)
-        moderating = (
-            self._background.submit(self._moderate, [a for _, a in ok], moderation_timings)
-            if self.moderator is not None and ok
-            else None
-        )
 
         # Outside the lock: verify against what is indexed now; results are remembered.
         t = time.perf_counter()
@@ -340,15 +328,6 @@ class Pipeline:
                 settled.add(item.id)
         self._verify_within_batch(ok, verifiers, settled)
         report.timings["verify"] += time.perf_counter() - t
-        if moderating is not None:
-            t = time.perf_counter()
-            moderating.result()
-            report.timings["moderation_wait"] += time.perf_counter() - t
-            for k, v in moderation_timings.items():
-                report.timings[k] += v
-            failed = [(item, a) for item, a in ok if a.error is not None]
-            report.failures += [Failure(item.id, a.error) for item, a in failed if a.error is not None]
-            ok = [(item, a) for item, a in ok if a.error is None]
 
         t = time.perf_counter()
         added: list[int] = []
