@@ -13,8 +13,10 @@ from imgaudit.errors import StoreError
 from imgaudit.index.catalog import new_indexes
 from imgaudit.index.text_index import TantivyTextIndex
 from imgaudit.models.classifier import ClassifierHub
+from imgaudit.models.clip import ClipEncoder, ImageTextEncoder
 from imgaudit.models.nsfw import NsfwScorer
 from imgaudit.models.ocr import OcrEngine
+from imgaudit.models.remote import RemoteCaptioner, RemoteEmbedder
 from imgaudit.models.text import E5TextEncoder
 from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
 from imgaudit.pipeline import Moderator, Pipeline
@@ -96,7 +98,18 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
     indexes, seq = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
     thumbs = ThumbStore(settings.data_dir / "thumbs")
     pool = ThreadPoolExecutor(2, thread_name_prefix="moderate")
-    pipeline = Pipeline(settings, store, indexes, encoder, thumbs, build_moderator(settings, encoder, pool))
+    pipeline = Pipeline(
+        settings,
+        store,
+        indexes,
+        encoder,
+        thumbs,
+        build_moderator(settings, encoder, pool),
+        image_text=build_image_text(settings),
+        captioner=RemoteCaptioner.from_settings(settings.remote.captioner)
+        if settings.remote.captioner.enabled
+        else None,
+    )
     pipeline.synced_seq = seq
     service = DedupService(
         settings, store, indexes, pipeline, thumbs, settings.data_dir / "index", descriptor, factory
@@ -126,6 +139,23 @@ def worker_service(settings: Settings, encoder: VisualEncoder | None = None) -> 
                 external.close()
 
 
+def build_image_text(settings: Settings) -> ImageTextEncoder | None:
+    """The image-text model whose vectors join search, when one is configured: a local CLIP / Chinese-CLIP
+    pair, else a remote multimodal embedding endpoint, else none."""
+    if settings.clip.enabled:
+        return _clip(settings.clip.model_dump_json(), settings.models.threads)
+    if settings.remote.embedder.enabled:
+        return RemoteEmbedder.from_settings(settings.remote.embedder)
+    return None
+
+
+@cache
+def _clip(group_json: str, threads: int) -> ClipEncoder:
+    from imgaudit.config import ClipSettings
+
+    return ClipEncoder.from_settings(ClipSettings.model_validate_json(group_json), threads=threads)
+
+
 @cache
 def _text_encoder(threads: int) -> E5TextEncoder:
     return E5TextEncoder(threads=threads)
@@ -145,6 +175,6 @@ def search_service(settings: Settings, encoder: VisualEncoder | None = None) -> 
             shutil.rmtree(path)
             index = TantivyTextIndex(path)
         try:
-            yield SearchService(settings, dedup.store, text, labels, index, dedup)
+            yield SearchService(settings, dedup.store, text, labels, index, dedup, dedup.pipeline.image_text)
         finally:
             index.close()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -284,6 +284,183 @@ class ModerationSettings(_Group):
     )
 
 
+class ClipSettings(_Group):
+    """Bring your own CLIP: image and text towers exported to ONNX, read from local files.
+
+    Off while ``image_model`` is empty; search then uses imgaudit's own text space. README: "Bring your own
+    CLIP (or Chinese-CLIP)".
+    """
+
+    image_model: Path | None = Field(
+        None, description="ONNX image tower: float32 (N, 3, S, S) in, projected (N, D) embedding out."
+    )
+    text_model: Path | None = Field(
+        None,
+        description="ONNX text tower: int64 token ids (N, L) [+ attention_mask] in, (N, D) embedding out.",
+    )
+    vocab: Path | None = Field(
+        None,
+        description="Tokenizer vocabulary: vocab.json (CLIP, with merges), vocab.txt (Chinese-CLIP), or "
+        "open_clip's bpe_simple_vocab_16e6.txt.gz on its own.",
+    )
+    merges: Path | None = Field(None, description="CLIP BPE merges.txt (with vocab.json).")
+    tokenizer: str = Field(
+        "auto",
+        pattern="^(auto|clip-bpe|bert-wordpiece)$",
+        description="auto (from the files), clip-bpe (OpenAI CLIP / open_clip) or bert-wordpiece "
+        "(Chinese-CLIP).",
+    )
+    context_length: int = Field(
+        0, ge=0, le=512, description="Text tokens per row; 0: 77 for CLIP BPE, 52 for Chinese-CLIP."
+    )
+    image_size: int = Field(224, ge=32, le=1024, description="Side of the square image-tower input.")
+    framing: str = Field(
+        "crop",
+        pattern="^(crop|squash)$",
+        description="crop: short side resized, centre crop (CLIP); squash: whole image to the square "
+        "(Chinese-CLIP).",
+    )
+    mean: list[float] = Field(
+        default_factory=lambda: [0.48145466, 0.4578275, 0.40821073],
+        min_length=3,
+        max_length=3,
+        description="Per-channel mean of the input normalisation (CLIP's; Chinese-CLIP uses the same).",
+    )
+    std: list[float] = Field(
+        default_factory=lambda: [0.26862954, 0.26130258, 0.27577711],
+        min_length=3,
+        max_length=3,
+        description="Per-channel standard deviation of the input normalisation.",
+    )
+    batch_size: int = Field(32, ge=1, le=512, description="Images or texts per model call.")
+    image_output: str = Field(
+        "", description="Name of the image tower's embedding output when it has several (N, D) outputs."
+    )
+    text_output: str = Field(
+        "", description="Name of the text tower's embedding output when it has several (N, D) outputs."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.image_model is not None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ClipSettings:
+        for name in ("image_model", "text_model", "vocab", "merges"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.expanduser())
+        if (self.image_model is None) != (self.text_model is None):
+            raise ValueError("clip.image_model and clip.text_model go together")
+        if self.enabled and self.vocab is None and self.merges is None:
+            raise ValueError("clip needs its tokenizer files: clip.vocab (and clip.merges for CLIP BPE)")
+        if min(self.std) <= 0:
+            raise ValueError("clip.std must be positive")
+        return self
+
+
+class _RemoteCall(_Group):
+    """What every remote endpoint shares: the key, deadlines, retries, rate limit and prices."""
+
+    enabled: bool = Field(False, description="Call this remote model (off: never contacted).")
+    api_key: SecretStr = Field(
+        SecretStr(""),
+        description="API key (prefer api_key_env or the IMGAUDIT_REMOTE__... variable; never printed).",
+    )
+    api_key_env: str = Field(
+        "", description="Name of an environment variable holding the API key (empty: api_key, else none)."
+    )
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for the answer to start / each chunk."
+    )
+    total_timeout: float = Field(120.0, gt=0, description="Seconds for a whole request.")
+    retries: int = Field(
+        3, ge=0, le=10, description="Extra attempts after 429, 408, 5xx, timeouts, lost connections."
+    )
+    backoff: float = Field(
+        1.0, ge=0, description="Base of the exponential back-off between attempts, seconds."
+    )
+    max_retry_after: float = Field(
+        30.0, ge=0, description="Longest wait honoured from a Retry-After header, seconds."
+    )
+    rate_limit: float = Field(2.0, ge=0, description="Requests per second, client-side (0: unlimited).")
+    burst: int = Field(1, ge=1, description="Requests that may go at once after an idle spell.")
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at most.")
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Answers larger than this are refused."
+    )
+    trust_env: bool = Field(True, description="Use HTTP(S)_PROXY / NO_PROXY from the environment.")
+    per_1k_input_tokens: float = Field(
+        0.0, ge=0, description="Price per 1000 input tokens, for the cost estimate."
+    )
+    per_1k_output_tokens: float = Field(
+        0.0, ge=0, description="Price per 1000 output tokens, for the cost estimate."
+    )
+    per_image: float = Field(0.0, ge=0, description="Price per image, for the cost estimate.")
+
+
+class RemoteCaptionerSettings(_RemoteCall):
+    """Short Chinese + English image descriptions from an OpenAI-compatible vision chat endpoint."""
+
+    base_url: str = Field("", description="API base URL; requests go to {base_url}/chat/completions.")
+    model: str = Field("", description="Vision chat model name, as the provider spells it.")
+    prompt: str = Field(
+        "", description="Instruction sent with each image (empty: the built-in bilingual one)."
+    )
+    max_tokens: int = Field(200, ge=16, le=4096, description="Longest answer asked for, in tokens.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: most repeatable).")
+    max_chars: int = Field(400, ge=16, description="Descriptions are cut to this many characters.")
+    image_side: int = Field(
+        768, ge=64, le=4096, description="Longest side of the JPEG sent (downscaled, never enlarged)."
+    )
+    jpeg_quality: int = Field(85, ge=30, le=100, description="Quality of the JPEG sent.")
+    detail: str = Field(
+        "", pattern="^(|low|high|auto)$", description="image_url.detail where the provider supports it."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> RemoteCaptionerSettings:
+        if self.enabled and not (self.base_url.strip() and self.model.strip()):
+            raise ValueError("remote.captioner.enabled needs base_url and model")
+        return self
+
+
+class RemoteEmbedderSettings(_RemoteCall):
+    """Image and text embeddings from a DashScope-style multimodal embedding endpoint."""
+
+    url: str = Field("", description="Full URL of the multimodal embedding endpoint (POST).")
+    model: str = Field("", description="Embedding model name, as the provider spells it.")
+    dim: int = Field(1024, ge=1, le=16384, description="Embedding size the model returns.")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Inputs per request; 1 unless the model embeds each of several inputs separately.",
+    )
+    image_side: int = Field(
+        512, ge=64, le=4096, description="Longest side of the JPEG sent (downscaled, never enlarged)."
+    )
+    jpeg_quality: int = Field(90, ge=30, le=100, description="Quality of the JPEG sent.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Extra request 'parameters' object (e.g. a dimension), if any."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> RemoteEmbedderSettings:
+        if self.enabled and not (self.url.strip() and self.model.strip()):
+            raise ValueError("remote.embedder.enabled needs url and model")
+        return self
+
+
+class RemoteSettings(_Group):
+    """Cloud models, for teams that already pay for them. Both are off by default; nothing is sent
+    anywhere until a group is enabled with its URL and model."""
+
+    captioner: RemoteCaptionerSettings = Field(default_factory=RemoteCaptionerSettings)
+    embedder: RemoteEmbedderSettings = Field(default_factory=RemoteEmbedderSettings)
+
+
 class SearchSettings(_Group):
     """Text and image search over everything ingested (``imgaudit search``)."""
 
@@ -328,6 +505,8 @@ class Settings(BaseSettings):
     external: ExternalTableSettings = Field(default_factory=ExternalTableSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    clip: ClipSettings = Field(default_factory=ClipSettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -160,3 +160,84 @@ def test_an_empty_query_is_an_error(searched: tuple[SearchService, Path]) -> Non
     svc, _ = searched
     with pytest.raises(ValueError):
         svc.search("   ")
+
+
+def test_a_configured_clip_joins_the_search(
+    tmp_path: Path, database_url: str, fake_encoder: VisualEncoder
+) -> None:
+    """With [clip] pointing at (tiny, generated) ONNX towers, ingest stores each image's CLIP vector and a
+    text query ranks by it: "red" finds the red picture although no label, OCR or caption says so."""
+    from PIL import Image
+
+    from imgaudit.bootstrap import build_image_text
+    from imgaudit.config import load_settings
+    from imgaudit.testing_clip import make_tiny_clip
+
+    tiny = make_tiny_clip(tmp_path / "clip", colours={"red": (220, 30, 30), "green": (30, 200, 40)})
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        clip={
+            "image_model": tiny.image_model,
+            "text_model": tiny.text_model,
+            "vocab": tiny.vocab,
+            "merges": tiny.merges,
+            "image_size": tiny.image_size,
+            "framing": tiny.framing,
+        },
+        moderation={"enabled": False},
+    )
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, rgb in (("red", (220, 30, 30)), ("green", (30, 200, 40)), ("grey", (128, 128, 128))):
+        Image.new("RGB", (200, 150), rgb).save(folder / f"{name}.png")
+    text = FakeTextEncoder()
+    clip = build_image_text(settings)
+    assert clip is not None
+    with dedup_service(settings, fake_encoder) as dedup:
+        assert dedup.pipeline.image_text is not None
+        dedup.enqueue(FolderSource(folder).refs(), "folder")
+        dedup.process_queue()
+        rec = dedup.store.find_by_uri(str((folder / "red.png").resolve()))
+        assert rec is not None and rec.clip_embedding is not None
+        index = TantivyTextIndex(None)
+        svc = SearchService(settings, dedup.store, text, LabelSpace(text, tmp_path / "c"), index, dedup, clip)
+        for word in ("red", "green"):
+            res = svc.search(word, per_page=3)
+            top = res.hits[0]
+            assert Path(top.record.uri).stem == word and top.ranks.get("clip") == 1, [
+                h.ranks for h in res.hits
+            ]
+            assert any("image-text model" in w for w in top.why)
+
+
+def test_captions_from_a_captioner_are_stored_and_searchable(
+    settings: Settings, fake_encoder: VisualEncoder, tmp_path: Path
+) -> None:
+    """The remote captioner's description is kept with the image and indexed like a caption; a failed
+    caption leaves the image without one instead of failing it."""
+    from imgaudit.models.remote import RemoteError
+
+    class Captioner:
+        def caption_many(self, images: list[object]) -> list[str | RemoteError]:
+            return ["一双棕色皮靴 brown leather boots", RemoteError("quota exceeded")][: len(images)]
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for i, seed in enumerate((278, 371)):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(textured_image(seed, (320, 240))))
+    text = FakeTextEncoder()
+    with dedup_service(settings, fake_encoder) as dedup:
+        dedup.pipeline.captioner = Captioner()  # type: ignore[assignment]
+        dedup.enqueue(FolderSource(folder).refs(), "folder")
+        summary = dedup.process_queue(batch_size=2)
+        assert summary.failed == 0
+        first = dedup.store.find_by_uri(str((folder / "0.jpg").resolve()))
+        second = dedup.store.find_by_uri(str((folder / "1.jpg").resolve()))
+        assert first is not None and first.ai_caption == "一双棕色皮靴 brown leather boots"
+        assert second is not None and second.ai_caption is None and second.status == "done"
+        svc = SearchService(
+            settings, dedup.store, text, LabelSpace(text, tmp_path / "c"), TantivyTextIndex(None), dedup
+        )
+        top = svc.search("皮靴").hits[0]
+        assert top.record.id == first.id and "bm25" in top.ranks

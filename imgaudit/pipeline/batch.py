@@ -8,6 +8,7 @@ indexes at once, so that two copies inside one batch are caught too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -21,6 +22,8 @@ from imgaudit.errors import ImgauditError, MediaError
 from imgaudit.index.catalog import Indexes
 from imgaudit.media.decode import decode
 from imgaudit.media.fetch import Fetcher, read_local
+from imgaudit.models.clip import ImageTextEncoder
+from imgaudit.models.remote import RemoteCaptioner
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.pipeline.moderation import Moderated, Moderator, Subject
 from imgaudit.policy.cascade import Lookups, decide
@@ -33,6 +36,7 @@ from imgaudit.store.thumbs import ThumbStore
 from imgaudit.types import Decision, Decoded, DedupSignals, ImageRef, Stage, Verdict
 
 DECODE_THREADS = 2
+log = logging.getLogger("imgaudit.pipeline")
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Analysed:
     data: bytes | None = None  # the bytes as received, kept for the batch (larger decodes for OCR)
     probabilities: np.ndarray | None = None  # ImageNet-1k, from the visual encoder
     colours: list[tuple[str, str, float]] | None = None  # dominant colours, for search
+    clip_embedding: np.ndarray | None = None  # from a configured image-text model
+    ai_caption: str | None = None  # from the remote captioner
     moderated: Moderated | None = None
 
 
@@ -92,7 +98,11 @@ class Pipeline:
         encoder: VisualEncoder,
         thumbs: ThumbStore,
         moderator: Moderator | None = None,
+        image_text: ImageTextEncoder | None = None,
+        captioner: RemoteCaptioner | None = None,
     ) -> None:
+        self.image_text = image_text
+        self.captioner = captioner
         self.settings = settings
         self.moderator = moderator if settings.moderation.enabled else None
         self.store = store
@@ -173,7 +183,31 @@ class Pipeline:
             timings["embed"] += time.perf_counter() - t
             if self.moderator is not None:
                 self._moderate(ok, timings)
+            self._enrich([a for a in ok if a.error is None], timings)
         return items
+
+    def _enrich(self, ok: list[Analysed], timings: dict[str, float]) -> None:
+        """Optional search enrichments: an image-text embedding, a remote caption. A failure leaves the
+        image without them (logged), never fails it: search still has labels, OCR and captions."""
+        pixels = [a.decoded.pixels for a in ok if a.decoded is not None]
+        if not pixels:
+            return
+        if self.image_text is not None:
+            t = time.perf_counter()
+            try:
+                for a, v in zip(ok, self.image_text.encode_images(pixels), strict=True):
+                    a.clip_embedding = v
+            except ImgauditError as exc:
+                log.warning("image-text embedding failed for a batch of %d: %s", len(pixels), exc.message)
+            timings["image_text"] += time.perf_counter() - t
+        if self.captioner is not None:
+            t = time.perf_counter()
+            for a, cap in zip(ok, self.captioner.caption_many(pixels), strict=True):
+                if isinstance(cap, str):
+                    a.ai_caption = cap or None
+                else:
+                    log.warning("caption failed: %s", getattr(cap, "message", cap))
+            timings["caption"] += time.perf_counter() - t
 
     def _moderate(self, ok: list[Analysed], timings: dict[str, float]) -> None:
         subjects = [
@@ -368,6 +402,8 @@ class Pipeline:
                             a.moderated.verdict if a.moderated else None,
                             top_probabilities(a.probabilities),
                             a.colours,
+                            a.clip_embedding,
+                            a.ai_caption,
                         )
                     )
                 t_write = time.perf_counter()

@@ -172,8 +172,9 @@ def searchable_text(rec: ItemRecord) -> str:
 
 
 def caption_of(rec: ItemRecord) -> str:
+    """What the source said about the image (caption, other fields) and the remote captioner's words."""
     extra = [f"{v}" for v in (rec.meta or {}).values() if isinstance(v, str | int | float)]
-    return "\n".join(p for p in [rec.caption or "", *extra] if p)
+    return "\n".join(p for p in [rec.caption or "", *extra, rec.ai_caption or ""] if p)
 
 
 class SearchService:

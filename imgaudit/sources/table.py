@@ -151,8 +151,7 @@ class ExternalTable:
             rows = conn.execute(query).all()
             conn.rollback()  # end the read now: no snapshot or metadata lock held between polls
         return [
-            ImageRef(self._image_uri(row[1]), "key", str(row[0]), caption=_caption(row[2:]))
-            for row in rows
+            ImageRef(self._image_uri(row[1]), "key", str(row[0]), caption=_caption(row[2:])) for row in rows
         ]
 
     def _image_uri(self, value: object) -> str:

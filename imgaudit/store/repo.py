@@ -81,6 +81,7 @@ class ItemRecord:
     labels: list[list[float]] | None = None
     colours: list[list[object]] | None = None
     clip_embedding: bytes | None = None
+    ai_caption: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         d = {k: getattr(self, k) for k in self.__slots__}
@@ -107,6 +108,7 @@ class Completion:
     labels: list[list[float]] | None = None  # top ImageNet [index, probability], for search
     colours: list[tuple[str, str, float]] | None = None  # dominant colours (english, chinese, share)
     clip_embedding: np.ndarray | None = None  # image-text embedding, when a CLIP model is configured
+    ai_caption: str | None = None  # the remote captioner's description, when enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +602,7 @@ def _record(r: ImageRow) -> ItemRecord:
         labels=r.labels,
         colours=r.colours,
         clip_embedding=r.clip_embedding,
+        ai_caption=r.ai_caption,
         writeback=r.writeback,
         indexed=bool(r.indexed),
         created_at=r.created_at,
@@ -712,6 +715,7 @@ class DecisionTx:
                     "clip_embedding": pack_embedding(c.clip_embedding)
                     if c.clip_embedding is not None
                     else None,
+                    "ai_caption": _printable(c.ai_caption) if c.ai_caption else None,
                     "indexed": int(c.indexed),
                     "error_reason": None,
                     "last_error": None,

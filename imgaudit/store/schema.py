@@ -90,6 +90,7 @@ class ImageRow(Base):
     labels: Mapped[list[list[float]] | None] = mapped_column(JSON)  # top ImageNet [index, probability]
     colours: Mapped[list[list[object]] | None] = mapped_column(JSON)  # [english, chinese, share]
     clip_embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float16, when a CLIP is configured
+    ai_caption: Mapped[str | None] = mapped_column(Text)  # from the remote captioner, when enabled
 
     processed_by: Mapped[str | None] = mapped_column(String(128))
     writeback: Mapped[str | None] = mapped_column(String(16))  # external sources: pending | done

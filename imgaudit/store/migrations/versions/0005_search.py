@@ -22,6 +22,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("labels", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("colours", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("clip_embedding", sa.LargeBinary(), nullable=True))
+        batch_op.add_column(sa.Column("ai_caption", sa.Text(), nullable=True))
     op.create_table(
         "search_log",
         sa.Column(
@@ -38,6 +39,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("search_log")
     with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.drop_column("ai_caption")
         batch_op.drop_column("clip_embedding")
         batch_op.drop_column("colours")
         batch_op.drop_column("labels")
