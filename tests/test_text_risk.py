@@ -502,7 +502,9 @@ def test_forms_seen_on_the_overlay_benchmark(text: str, kind: str, value: str) -
     assert [(h.kind, h.value) for h in hits] == [(kind, value)]
 
 
-@pytest.mark.parametrize("text", ["Q3 2024", "Q1 sales up 12%", "Q版公仔 28cm", "IQ 1234567", "为什么 2024年"])
+@pytest.mark.parametrize(
+    "text", ["Q3 2024", "Q1 sales up 12%", "Q版公仔 28cm", "IQ 1234567", "为什么 2024年"]
+)
 def test_bare_q_and_mo_do_not_overreach(text: str) -> None:
     assert TextRules.load().scan([text]) == []
 
