@@ -101,6 +101,7 @@ class Hit:
     score: float
     ranks: dict[str, int]  # list -> rank in it (1-based)
     why: list[str] = field(default_factory=list)
+    similarity: dict[str, float] = field(default_factory=dict)  # list -> cosine, for the dense lists
 
     def as_dict(self) -> dict[str, object]:
         r = self.record
@@ -109,6 +110,7 @@ class Hit:
             "uri": r.uri,
             "score": round(self.score, 5),
             "ranks": self.ranks,
+            "similarity": {k: round(v, 4) for k, v in self.similarity.items()},
             "why": self.why,
             "decision": r.decision,
             "duplicate_of": r.duplicate_of,
@@ -355,6 +357,7 @@ class SearchService:
         want = max(CANDIDATES, page * per_page * 3)
         rankings: dict[str, list[int]] = {}
         snippets: dict[int, dict[str, str]] = {}
+        cosines: dict[int, float] = {}  # visual cosine of image-query hits (a copy gets its original's)
         qvec = None
         with self._lock:
             if text and text.strip():
@@ -378,9 +381,10 @@ class SearchService:
                     raise ValueError("image queries need the visual index")
                 t = time.perf_counter()
                 # Only originals are in the visual index: each brings its recorded copies right after it.
-                originals = [i for i, _ in self.dedup.pipeline.similar(image, want)]
-                copies = self.store.copies_of(originals)
-                rankings["visual"] = [j for i in originals for j in (i, *copies.get(i, []))]
+                near = self.dedup.pipeline.similar(image, want)
+                copies = self.store.copies_of([i for i, _ in near])
+                rankings["visual"] = [j for i, _ in near for j in (i, *copies.get(i, []))]
+                cosines.update({j: c for i, c in near for j in (i, *copies.get(i, []))})
                 timings["visual"] = time.perf_counter() - t
         t = time.perf_counter()
         fused = rrf(rankings, k=self.settings.search.rrf_k, weights=self.settings.search.weights)
@@ -388,7 +392,10 @@ class SearchService:
         kept = [(records[i], s, r) for i, s, r in fused if i in records and filters.accepts(records[i])]
         timings["fuse+filter"] = time.perf_counter() - t
         pg = paginate(kept, page, per_page)
-        hits = [Hit(rec, score, ranks) for rec, score, ranks in pg.items]
+        hits = [
+            Hit(rec, score, ranks, similarity={"visual": cosines[rec.id]} if rec.id in cosines else {})
+            for rec, score, ranks in pg.items
+        ]
         for h in hits:
             h.why = self._why(h, qvec, snippets.get(h.record.id, {}))
         return Results(hits, len(kept), page, per_page, time.perf_counter() - start, timings)
