@@ -602,6 +602,7 @@ def test_demo(demo: tuple[Path, Run]) -> None:
     assert s["processed"] == row["samples"] > 0
     assert s["failed"] == 2 and set(s["errors"]) <= {"corrupt", "not_an_image"}
     assert s["duplicates"] == len(row["pairs"]) >= e["true_positives"]
+    assert sum(s["moderation"].values()) == s["processed"] - s["failed"]  # every decoded image moderated
     assert Path(row["sample_dir"]).is_dir() and (root / "out" / "data" / "imgaudit.db").is_file()
     assert not (root / "envdata").exists()  # the demo keeps its data inside --out
 

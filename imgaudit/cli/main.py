@@ -675,6 +675,15 @@ def demo(
             f"against the known answers: {e['true_positives']} right, {e['false_positives']} wrong, "
             f"{e['missed']} missed"
         )
+        if s.get("moderation"):
+            m = s["moderation"]
+            why = ", ".join(
+                f"{k} {v}" for k, v in sorted(s.get("reasons", {}).items(), key=lambda kv: -kv[1])
+            )
+            out.print(
+                f"moderation: {m.get('pass', 0)} pass, {m.get('review', 0)} review, "
+                f"{m.get('violate', 0)} violate" + (f" ({why}); `imgaudit explain ID` says why" * bool(why))
+            )
         out.print(f"report: {result['report']}")
 
 
