@@ -74,6 +74,24 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(problem)
 
 
+# Modules whose tests never touch the store: the PostgreSQL pass of `make test-all` (CI) leaves them to
+# the SQLite pass instead of running them twice.
+STORE_INDEPENDENT = {
+    "test_cascade", "test_clip", "test_fusion", "test_hashes", "test_index_conformance", "test_media_decode",
+    "test_media_fetch", "test_moderation_signals", "test_remote", "test_ssrf", "test_text_index",
+    "test_text_risk", "test_verification", "test_docs", "test_semantic", "test_classifier",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if dbs.BACKEND != "postgresql":
+        return
+    drop = [i for i in items if i.module is not None and i.module.__name__ in STORE_INDEPENDENT]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [i for i in items if i not in drop]
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return dbs.describe()
 
