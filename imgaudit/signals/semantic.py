@@ -315,6 +315,7 @@ def _save_atomic(path: Path, matrix: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, matrix.astype(np.float32))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; it is a cache other processes may read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
