@@ -36,7 +36,7 @@ from imgaudit.models.text import TextEncoder
 from imgaudit.policy.fusion import paginate, rrf
 from imgaudit.services.dedup import DedupService
 from imgaudit.signals.semantic import LabelSpace, attribute_text, class_names
-from imgaudit.store.repo import ItemRecord, Store, unpack_embedding
+from imgaudit.store.repo import Facets, ItemRecord, Store, unpack_embedding
 from imgaudit.types import ImageRef
 
 log = logging.getLogger("imgaudit.search")
@@ -67,7 +67,7 @@ class SearchFilters:
             created_to=int(self.until.timestamp()) if self.until else None,
         )
 
-    def accepts(self, rec: ItemRecord) -> bool:
+    def accepts(self, rec: ItemRecord | Facets) -> bool:
         if rec.status != "done":
             return False
         if self.decision and rec.decision not in self.decision:
@@ -76,7 +76,8 @@ class SearchFilters:
             return False
         if self.source and rec.source not in self.source:
             return False
-        if self.has_text is not None and bool(rec.ocr_text) != self.has_text:
+        has_text = rec.has_text if isinstance(rec, Facets) else bool(rec.ocr_text)
+        if self.has_text is not None and has_text != self.has_text:
             return False
         if self.since and rec.created_at < self.since:
             return False
@@ -85,7 +86,7 @@ class SearchFilters:
         return not (self.label and not _has_label(rec, self.label))
 
 
-def _has_label(rec: ItemRecord, label: str) -> bool:
+def _has_label(rec: ItemRecord | Facets, label: str) -> bool:
     wanted = label.strip().lower()
     names = class_names()
     for idx, p in rec.labels or []:
@@ -392,16 +393,20 @@ class SearchService:
                 timings["visual"] = time.perf_counter() - t
         t = time.perf_counter()
         fused = rrf(rankings, k=self.settings.search.rrf_k, weights=self.settings.search.weights)
-        records = self.store.get_many([i for i, _, _ in fused])
-        kept = [(records[i], s, r) for i, s, r in fused if i in records and filters.accepts(records[i])]
+        facets = self.store.facets([i for i, _, _ in fused])
+        kept = [(i, s, r) for i, s, r in fused if i in facets and filters.accepts(facets[i])]
         timings["fuse+filter"] = time.perf_counter() - t
+        t = time.perf_counter()
         pg = paginate(kept, page, per_page)
+        records = self.store.get_many([i for i, _, _ in pg.items])  # whole records for the page only
         hits = [
-            Hit(rec, score, ranks, similarity={"visual": cosines[rec.id]} if rec.id in cosines else {})
-            for rec, score, ranks in pg.items
+            Hit(records[i], score, ranks, similarity={"visual": cosines[i]} if i in cosines else {})
+            for i, score, ranks in pg.items
+            if i in records
         ]
         for h in hits:
             h.why = self._why(h, qvec, snippets.get(h.record.id, {}))
+        timings["page"] = time.perf_counter() - t
         return Results(hits, len(kept), page, per_page, time.perf_counter() - start, timings)
 
     def _dense(self, name: str, vec: np.ndarray, k: int, keep: set[int] | None = None) -> list[int]:

@@ -93,6 +93,20 @@ class ItemRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Facets:
+    """The filterable attributes of an item (search filters many candidates before fetching a page)."""
+
+    id: int
+    status: str
+    decision: str | None
+    moderation: str | None
+    source: str
+    has_text: bool
+    created_at: datetime
+    labels: list[list[float]] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """What the pipeline learned about one claimed item."""
 
@@ -156,6 +170,7 @@ class Store(Protocol):
     def last_index_seq(self) -> int: ...
     def get(self, item_id: int) -> ItemRecord: ...
     def get_many(self, ids: Sequence[int]) -> dict[int, ItemRecord]: ...
+    def facets(self, ids: Sequence[int]) -> dict[int, Facets]: ...
     def find_by_uri(self, uri: str) -> ItemRecord | None: ...
     def iter_indexed(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, list[int], np.ndarray]]: ...
     def count_indexed(self) -> int: ...
@@ -434,6 +449,25 @@ class SqlStore(_ExternalMixin):
             return {}
         with self._session() as s:
             return {r.id: _record(r) for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(list(ids))))}
+
+    def facets(self, ids: Sequence[int]) -> dict[int, Facets]:
+        """Just what search filters on, for many candidates: no JSON blobs but the small labels list."""
+        if not ids:
+            return {}
+        with self._session() as s:
+            rows = s.execute(
+                select(
+                    ImageRow.id,
+                    ImageRow.status,
+                    ImageRow.decision,
+                    ImageRow.moderation,
+                    ImageRow.source,
+                    ImageRow.ocr_text.is_not(None),
+                    ImageRow.created_at,
+                    ImageRow.labels,
+                ).where(ImageRow.id.in_(list(ids)))
+            ).all()
+        return {r[0]: Facets(*r) for r in rows}
 
     def find_by_uri(self, uri: str) -> ItemRecord | None:
         with self._session() as s:
