@@ -57,13 +57,17 @@ def test_empty_search_returns_missing_ids() -> None:
 def test_switches_to_approximate_and_keeps_recall(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     x = unit(rng, 3000)
+    # Ids as a store hands them out: not positions (they start at 1, with gaps, in any order). Switching
+    # must carry each vector under its own id.
+    ids_in = rng.permutation(np.arange(1, 6001, 2))
     index = FaissVectorIndex(DIM, exact_below=2000, nprobe=32)
-    index.add(np.arange(3000), x)
+    index.add(ids_in[:1500], x[:1500])
+    index.add(ids_in[1500:], x[1500:])
     assert index.approximate
     _, ids = index.search(x[:200], 1)
-    assert (ids[:, 0] == np.arange(200)).mean() > 0.95
-    index.remove(np.array([0]))
-    assert 0 not in index and len(index) == 2999
+    assert (ids[:, 0] == ids_in[:200]).mean() > 0.95
+    index.remove(np.array([ids_in[0]]))
+    assert int(ids_in[0]) not in index and len(index) == 2999
     index.save(tmp_path / "v.faiss")
     again = FaissVectorIndex.load(tmp_path / "v.faiss", DIM, nprobe=32)
     assert again.approximate and len(again) == 2999

@@ -57,7 +57,9 @@ class FaissVectorIndex:
         n = self._index.ntotal
         if not self.approximate:
             ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-            return ids, self._index.reconstruct_n(0, n)
+            # The flat index underneath holds the vectors in id_map's order; IDMap2.reconstruct_n would
+            # read positions as ids (and abort the process on the first id that is not a position).
+            return ids, faiss.downcast_index(self._index.index).reconstruct_n(0, n)
         inv = self._index.invlists
         ids_list, vec_list = [], []
         for lst in range(inv.nlist):
