@@ -241,3 +241,12 @@ def test_captions_from_a_captioner_are_stored_and_searchable(
         )
         top = svc.search("皮靴").hits[0]
         assert top.record.id == first.id and "bm25" in top.ranks
+
+
+def test_a_reset_store_empties_the_search_indexes(searched: tuple[SearchService, Path]) -> None:
+    svc, _ = searched
+    svc.sync()
+    assert svc.search("连衣裙").hits
+    svc.store.reset()
+    again = SearchService(svc.settings, svc.store, svc.encoder, svc.label_space, svc.text_index, svc.dedup)
+    assert again.seq == 0 and len(again.dense["labels"]) == 0 and again.search("连衣裙").hits == []

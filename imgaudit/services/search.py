@@ -235,7 +235,9 @@ class SearchService:
             state = json.loads(state_path.read_text())
         except (OSError, ValueError):
             state = None
-        if state and state.get("identity") == self._identity():
+        if state and int(state.get("seq", 0)) > self.store.last_search_seq():
+            log.info("the store was reset since the search indexes were saved; rebuilding")
+        elif state and state.get("identity") == self._identity():
             try:
                 cfg = self.settings.index
                 for name, index in list(self.dense.items()):
