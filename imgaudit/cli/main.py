@@ -397,6 +397,8 @@ def search(
         from imgaudit.bootstrap import search_service
 
         with search_service(settings) as svc:
+            if not svc.labels_ready() and not as_json:
+                console.print("embedding the 1,000 label names once (1-2 minutes, cached afterwards)...")
             pending = svc.pending()
             if pending:
                 _with_progress(pending, "indexing for search", lambda step: _sync_with(svc, step), as_json)

@@ -276,6 +276,11 @@ class SearchService:
 
     # -- following the store ---------------------------------------------------------------------------
 
+    def labels_ready(self) -> bool:
+        """Whether the label space is already embedded and cached (the first build takes 1-2 minutes)."""
+        path = self.label_space.cache_path()
+        return path is None or path.is_file()
+
     def pending(self) -> int:
         return max(0, self.store.last_search_seq() - self.seq)
 
