@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -503,14 +504,27 @@ def _setting(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def run_classifier_bench(args: argparse.Namespace) -> Any:
-    """Part (b), when ``bench/classifier.py`` exists."""
+def run_classifier_bench(args: argparse.Namespace) -> None:
+    """Part (b): ``bench/classifier.py``'s own command line, with the same --photos and --out, when the
+    module exists (``--classifier-args`` passes its other options, e.g. "--no-finetune --timing-n 0")."""
     try:
-        from bench.classifier import run as run_classifier  # type: ignore[import-not-found]
+        from bench.classifier import main as classifier_main
     except ImportError as exc:
         print(f"--classifier: bench/classifier.py is not available ({exc})", file=sys.stderr)
-        return None
-    return run_classifier(photos=args.photos, out=args.out, seed=args.seed)
+        return
+    argv = sys.argv
+    sys.argv = [
+        "bench/classifier.py",
+        "--photos",
+        str(args.photos),
+        "--out",
+        str(args.out / "classifier.json"),
+        *shlex.split(args.classifier_args),
+    ]
+    try:
+        classifier_main()
+    finally:
+        sys.argv = argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -542,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached sets")
     ap.add_argument("--classifier", action="store_true", help="then run bench/classifier.py (part b)")
+    ap.add_argument("--classifier-args", default="", help="extra options for bench/classifier.py")
     args = ap.parse_args(argv)
     moderation = dict(args.overrides)
 
