@@ -34,8 +34,10 @@ loaded and warmed before the clock starts): a mix of 300 images from distinct ph
 pipeline; then the no-text part alone with and without moderation. Targets: full pipeline >= 5 images/s
 on the mix, and no-text per-image time <= 1.5x dedup only.
 
-Prints markdown tables; writes ``bench/results/moderation.json``. ``--classifier`` then runs the
-classifier benchmark (``bench/classifier.py``, part b) when it exists.
+Prints markdown tables; writes ``bench/results/moderation.json`` (and the tables to ``moderation.md``).
+``--set KEY=VALUE`` tries other settings (``--set ocr_det_side=320``, ``--set decode.max_side=960``);
+``--classifier`` then runs the classifier benchmark (``bench/classifier.py``, part b) with the same
+``--photos`` / ``--out``, ``--classifier-args "--no-finetune"`` passing it more options.
 """
 
 from __future__ import annotations
@@ -89,19 +91,21 @@ def _ocr_text(signals: Any) -> list[str]:
     return [f"{ln.text} ({ln.score:.2f})" for ln in lines or ()]
 
 
+def _settings(data_dir: Path, base: dict[str, dict[str, Any]], moderation: dict[str, Any]) -> Any:
+    """Settings on ``data_dir``: ``base`` groups (models, decode, ...) plus the moderation group."""
+    return load_settings(data_dir=data_dir, moderation=moderation, **base)
+
+
 def run_check(
-    rows: Sequence[dict], set_dir: Path, moderation: dict[str, Any], threads: int
+    rows: Sequence[dict], set_dir: Path, moderation: dict[str, Any], base: dict[str, dict[str, Any]]
 ) -> tuple[list[dict], float]:
     """Check every image of the set on a fresh data dir; per-image outcomes and seconds per image."""
     out: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="imgaudit-mod-") as tmp:
-        settings = load_settings(
-            data_dir=Path(tmp) / "data", moderation=moderation, models={"threads": threads}
-        )
+        settings = _settings(Path(tmp) / "data", base, moderation)
         with dedup_service(settings) as svc:
-            warm = [r for r in rows if r["kind"] == "clean"][:1] + [r for r in rows if r["kind"] == "phone"][
-                :1
-            ]
+            clean = [r for r in rows if r["kind"] == "clean"]
+            warm = clean[:1] + [r for r in rows if r["kind"] == "phone"][:1]
             svc.check([ImageRef(str(set_dir / r["path"])) for r in warm])  # loads the models
             started = time.perf_counter()
             for start in range(0, len(rows), CHECK_BATCH):
@@ -124,6 +128,7 @@ def run_check(
                                 for r in (mod.reasons if mod is not None else ())
                             ],
                             "ocr": _ocr_text(getattr(res, "signals", None)),
+                            "text_found": getattr(getattr(res, "signals", None), "text_found", None),
                             "error": res.error,
                         }
                     )
@@ -218,6 +223,7 @@ def evaluate(rows: Sequence[dict], outcomes: dict[str, dict], seconds_per_image:
             "font": r.get("font"),
             "level": outcomes[r["id"]]["contact"],
             "ocr": outcomes[r["id"]]["ocr"],
+            "text_found": outcomes[r["id"]].get("text_found"),
             "reasons": [x["message"] for x in outcomes[r["id"]]["reasons"]],
         }
         for r in rows
@@ -301,13 +307,15 @@ def speed_mix(rows: Sequence[dict], n: int, seed: int) -> tuple[list[dict], list
 
 
 def ingest(
-    name: str, paths: Sequence[Path], moderation: dict[str, Any], threads: int, encoder: Any
+    name: str,
+    paths: Sequence[Path],
+    moderation: dict[str, Any],
+    base: dict[str, dict[str, Any]],
+    encoder: Any,
 ) -> dict[str, Any]:
     """Enqueue and process ``paths`` on a fresh data dir; the models are warmed up first."""
     with tempfile.TemporaryDirectory(prefix="imgaudit-speed-") as tmp:
-        settings = load_settings(
-            data_dir=Path(tmp) / "data", moderation=moderation, models={"threads": threads}
-        )
+        settings = _settings(Path(tmp) / "data", base, moderation)
         with dedup_service(settings, encoder) as svc:
             svc.check([ImageRef(str(p)) for p in paths[:4]])  # load and warm every model; stores nothing
             svc.enqueue([ImageRef(str(p)) for p in paths], "bench")
@@ -323,22 +331,26 @@ def ingest(
 
 
 def run_speed(
-    rows: Sequence[dict], set_dir: Path, n: int, seed: int, threads: int, moderation: dict[str, Any]
+    rows: Sequence[dict],
+    set_dir: Path,
+    n: int,
+    seed: int,
+    moderation: dict[str, Any],
+    base: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     mix, no_text = speed_mix(rows, n, seed)
     mix_paths = [(set_dir / r["path"]).resolve() for r in mix]
     no_text_paths = [(set_dir / r["path"]).resolve() for r in no_text]
     for p in mix_paths:  # page cache warm for every configuration alike
         p.read_bytes()
-    settings = load_settings(models={"threads": threads})
-    encoder = build_encoder(settings)
+    encoder = build_encoder(load_settings(**base))
     off = {"enabled": False}
     runs = [
-        ingest("mix: dedup only", mix_paths, off, threads, encoder),
-        ingest("mix: moderation without OCR", mix_paths, {**moderation, "ocr": False}, threads, encoder),
-        ingest("mix: full pipeline", mix_paths, moderation, threads, encoder),
-        ingest("no-text: dedup only", no_text_paths, off, threads, encoder),
-        ingest("no-text: full pipeline", no_text_paths, moderation, threads, encoder),
+        ingest("mix: dedup only", mix_paths, off, base, encoder),
+        ingest("mix: moderation without OCR", mix_paths, {**moderation, "ocr": False}, base, encoder),
+        ingest("mix: full pipeline", mix_paths, moderation, base, encoder),
+        ingest("no-text: dedup only", no_text_paths, off, base, encoder),
+        ingest("no-text: full pipeline", no_text_paths, moderation, base, encoder),
     ]
     by = {r["name"]: r for r in runs}
     ratio = by["no-text: full pipeline"]["seconds_per_image"] / max(
@@ -452,7 +464,8 @@ def accuracy_tables(results: dict[str, dict[str, Any]]) -> str:
             geometry = f"{m['size_px']} px" if m["size_px"] is not None else f"{m['module_px']} px/module"
             out.append(
                 f"- {m['id']} [{m['kind']}/{m['format']}, {geometry}, {m['angle']}°, {m['font']}, "
-                f"{m['level'] or 'not flagged'}] “{what}” — OCR: {' | '.join(m['ocr']) or '(nothing)'}"
+                f"{m['level'] or 'not flagged'}] “{what}” — OCR: "
+                f"{' | '.join(m['ocr']) or ('(no text detected)' if m['text_found'] is False else '(none)')}"
                 + (f" — reasons: {'; '.join(m['reasons'])}" if m["reasons"] else "")
                 + "\n"
             )
@@ -552,13 +565,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="moderation setting for the accuracy and full-pipeline runs (repeatable), e.g. ocr_side=1280",
+        help="a setting for the runs (repeatable): KEY is a moderation key (ocr_det_side=320; not applied to "
+        "the dedup-only runs) or GROUP.KEY for another group (decode.max_side=960; applied to every run)",
     )
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached sets")
     ap.add_argument("--classifier", action="store_true", help="then run bench/classifier.py (part b)")
     ap.add_argument("--classifier-args", default="", help="extra options for bench/classifier.py")
     args = ap.parse_args(argv)
-    moderation = dict(args.overrides)
+    moderation = {k: v for k, v in args.overrides if "." not in k}
+    base: dict[str, dict[str, Any]] = {"models": {"threads": args.threads}}
+    for key, value in args.overrides:
+        if "." in key:
+            group, _, name = key.partition(".")
+            base.setdefault(group, {})[name] = value
 
     variants = ["default"] + (["unseen"] if args.variant == "unseen" else [])
     sets: dict[str, tuple[Path, list[dict]]] = {}
@@ -584,13 +603,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         sets[variant] = (set_dir, rows)
 
-    report: dict[str, Any] = {"seed": args.seed, "moderation_overrides": moderation, "sets": {}}
+    report: dict[str, Any] = {
+        "seed": args.seed,
+        "moderation_overrides": moderation,
+        "other_settings": base,
+        "sets": {},
+    }
     md = []
     if not args.no_accuracy:
         accuracy: dict[str, dict[str, Any]] = {}
         for variant, (set_dir, rows) in sets.items():
             print(f"checking the {variant} set ...", file=sys.stderr)
-            outcomes, spi = run_check(rows, set_dir, moderation, args.threads)
+            outcomes, spi = run_check(rows, set_dir, moderation, base)
             accuracy[variant] = evaluate(rows, {o["id"]: o for o in outcomes}, spi)
             report["sets"][variant] = str(set_dir)
         report["accuracy"] = accuracy
@@ -598,13 +622,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_speed:
         set_dir, rows = sets["default"]
         print("ingest speed ...", file=sys.stderr)
-        report["speed"] = run_speed(rows, set_dir, args.speed_n, args.seed, args.threads, moderation)
+        report["speed"] = run_speed(rows, set_dir, args.speed_n, args.seed, moderation, base)
         md.append(speed_table(report["speed"]))
-    text = "\n".join(md)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "moderation.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
-    (args.out / "moderation.md").write_text(text, encoding="utf-8")
+    if md:  # nothing measured (--no-accuracy --no-speed): keep the last report
+        text = "\n".join(md)
+        print(text)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "moderation.json").write_text(
+            json.dumps(report, indent=1, ensure_ascii=False, default=str)
+        )
+        (args.out / "moderation.md").write_text(text, encoding="utf-8")
     if args.classifier:
         run_classifier_bench(args)
     return 0

@@ -35,6 +35,7 @@ set alone (``--sheet`` also writes a contact sheet of the first N items of each 
 from __future__ import annotations
 
 import argparse
+import colorsys
 import functools
 import io
 import json
@@ -682,8 +683,6 @@ def luma(rgb: Sequence[float]) -> float:
 
 
 def _hsv(rng: random.Random, v: tuple[float, float], s: tuple[float, float] = (0.5, 1.0)) -> Colour:
-    import colorsys
-
     r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*s), rng.uniform(*v))
     return round(r * 255), round(g * 255), round(b * 255)
 
