@@ -401,7 +401,9 @@ def search(
                 console.print("embedding the 1,000 label names once (1-2 minutes, cached afterwards)...")
             pending = svc.pending()
             if pending:
-                _with_progress(pending, "indexing for search", lambda step: _sync_with(svc, step), as_json)
+                _with_progress(
+                    pending, "indexing for search", lambda step: svc.sync(_as_totals(step)), as_json
+                )
             results = svc.search(
                 query,
                 image_ref(str(image)) if image else None,
@@ -450,7 +452,8 @@ def _marked(text: str) -> str:
     return out
 
 
-def _sync_with(svc: Any, step: Callable[[int], None]) -> int:
+def _as_totals(step: Callable[[int], None]) -> Callable[[int, int], None]:
+    """A progress bar's step (items just done) fed by a callback that reports running totals."""
     done = 0
 
     def progress(n: int, _total: int) -> None:
@@ -458,18 +461,7 @@ def _sync_with(svc: Any, step: Callable[[int], None]) -> int:
         step(n - done)
         done = n
 
-    return svc.sync(progress)
-
-
-def _rebuild_with(svc: Any, step: Callable[[int], None]) -> int:
-    done = 0
-
-    def progress(n: int, _total: int) -> None:
-        nonlocal done
-        step(n - done)
-        done = n
-
-    return svc.rebuild(progress)
+    return progress
 
 
 @app.command()
@@ -622,7 +614,10 @@ def index_rebuild(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         with search_service(settings) as svc:
             n = svc.dedup.rebuild_index()  # type: ignore[union-attr]
             searchable = _with_progress(
-                svc.store.last_search_seq(), "search indexes", lambda step: _rebuild_with(svc, step), as_json
+                svc.store.last_search_seq(),
+                "search indexes",
+                lambda step: svc.rebuild(_as_totals(step)),
+                as_json,
             )
         if as_json:
             _emit({"event": "index_rebuild", "indexed": n, "searchable": searchable})
