@@ -9,9 +9,10 @@ Everything searchable about an image lives in one multilingual text space (multi
 - ``clip``: a CLIP / Chinese-CLIP pair, when one is configured;
 - ``visual``: for image queries, the copy-detection descriptor index of dedup.
 
-Each list ranks on its own and reciprocal rank fusion combines them (``bench/search.py`` compares it with
-the min-max blend). The indexes follow the store's search log from their own cursor, so workers never
-write to them and a search process catches up with whatever was ingested since it last looked.
+Each list ranks on its own and reciprocal rank fusion combines them: ranks, unlike raw scores, are
+comparable across lists whose scores live on different scales (cosines, BM25). The indexes follow
+the store's search log from their own cursor, so workers never write to them and a search process
+catches up with whatever was ingested since it last looked.
 """
 
 from __future__ import annotations
