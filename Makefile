@@ -1,23 +1,29 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
-# torch is pinned and installed first: it is needed once, to export the bundled EfficientNet-Lite0
-# weights to ONNX (inference runs on ONNX Runtime), and an unpinned torch would pull gigabytes.
+# Installs are locked: `make install` installs exactly requirements/lock.txt (every runtime and dev
+# dependency, with hashes; torch at the 2.13.0 CPU build, used once to export the bundled EfficientNet-Lite0
+# weights to ONNX) and requirements/nodeps.txt (installed without its dependencies), then this package
+# without resolving anything. `make lock` refreshes the lock deliberately (see the README).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip
 
-.PHONY: install demo test test-all test-dbs test-fonts dbs-start dbs-stop lint bench-dedup clean
+.PHONY: install lock demo test test-all test-dbs test-fonts dbs-start dbs-stop lint bench-dedup clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps rapidocr-onnxruntime==1.4.4
+	$(PIP) install -q --require-hashes --no-deps -r requirements/lock.txt
+	$(PIP) install -q --require-hashes --no-deps -r requirements/nodeps.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Newest versions within pyproject's ranges; then run `make test-all` and commit the two lock files.
+lock: install
+	BIN=$(BIN) bash scripts/lock.sh
 
 demo: install
 	$(BIN)/imgaudit demo --out demo
