@@ -147,9 +147,7 @@ def run_imgaudit(rows: dict[str, dict], root: Path, work: Path, threads: int) ->
         t = time.perf_counter()
         for start in range(0, len(queries), 64):
             chunk = queries[start : start + 64]
-            analysed = pipe.analyse(
-                pipe.load([ImageRef(str(root / q["path"])) for q in chunk]), defaultdict(float)
-            )
+            analysed = pipe.analyse([ImageRef(str(root / q["path"])) for q in chunk], defaultdict(float))
             for q, a in zip(chunk, analysed, strict=True):
                 lk = pipe.lookups(a.signals, {})
                 verify = pipe.verifier(a)

@@ -12,6 +12,7 @@ from imgaudit.config import Settings
 from imgaudit.errors import StoreError
 from imgaudit.index.catalog import new_indexes
 from imgaudit.index.text_index import TantivyTextIndex
+from imgaudit.media.sandbox import DecodePool
 from imgaudit.models.classifier import ClassifierHub
 from imgaudit.models.clip import ClipEncoder, ImageTextEncoder
 from imgaudit.models.nsfw import NsfwScorer
@@ -59,7 +60,9 @@ def _nsfw_scorer(threads: int, batch_size: int) -> NsfwScorer:
     return NsfwScorer.bundled(threads=threads, batch_size=batch_size)
 
 
-def build_moderator(settings: Settings, encoder: VisualEncoder, pool: ThreadPoolExecutor) -> Moderator | None:
+def build_moderator(
+    settings: Settings, encoder: VisualEncoder, pool: ThreadPoolExecutor, decoder: DecodePool
+) -> Moderator | None:
     """The moderation stage with its models (each loaded on first use, then kept) and text rules."""
     cfg = settings.moderation
     if not cfg.enabled:
@@ -78,6 +81,7 @@ def build_moderator(settings: Settings, encoder: VisualEncoder, pool: ThreadPool
         if cfg.classifier
         else None,
         pool=pool,
+        decoder=decoder,
     )
 
 
@@ -98,13 +102,15 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
     indexes, seq = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
     thumbs = ThumbStore(settings.data_dir / "thumbs")
     pool = ThreadPoolExecutor(2, thread_name_prefix="moderate")
+    decoder = DecodePool(settings.decode)
     pipeline = Pipeline(
         settings,
         store,
         indexes,
         encoder,
         thumbs,
-        build_moderator(settings, encoder, pool),
+        build_moderator(settings, encoder, pool, decoder),
+        decoder=decoder,
         image_text=build_image_text(settings),
         captioner=RemoteCaptioner.from_settings(settings.remote.captioner)
         if settings.remote.captioner.enabled
@@ -120,6 +126,7 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
     finally:
         pipeline.close()
         pool.shutdown(wait=False)
+        decoder.close()
         store.close()
 
 

@@ -9,6 +9,7 @@ module reads a global settings object.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ from pydantic_settings import (
 from imgaudit.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "imgaudit.toml"
+LEGACY_DATA_DIR = Path("data")
+
+
+def default_data_dir() -> Path:
+    """Where the data lives when ``data_dir`` is not set: one place per user, whatever the current
+    directory (a relative ``./data`` made every other directory look like an empty store). A ``./data``
+    that already holds ``imgaudit.db`` (the default before) is still used, so existing setups keep
+    their data."""
+    if (LEGACY_DATA_DIR / "imgaudit.db").is_file():
+        return LEGACY_DATA_DIR
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("imgaudit", appauthor=False))
 
 
 class _Group(BaseModel):
@@ -56,6 +70,16 @@ class FetchSettings(_Group):
     user_agent: str = Field("imgaudit/0.1", description="User-Agent header sent with downloads.")
 
 
+class SourcesSettings(_Group):
+    """Reading folders for ingest."""
+
+    follow_symlinks: bool = Field(
+        False,
+        description="Follow links in a folder that point outside it (off: each such link is recorded as "
+        "an outside_root failure, so a link to /etc/passwd is never read).",
+    )
+
+
 class DecodeSettings(_Group):
     """Safe image decoding."""
 
@@ -67,6 +91,40 @@ class DecodeSettings(_Group):
         ge=64,
         description="Longest side kept after decoding; JPEGs are decoded at reduced size (draft mode) "
         "when the full resolution is not needed.",
+    )
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Progressive JPEGs with more scans are refused (jpeg_too_many_scans): each scan is "
+        "a pass over the whole image. Normal files have about 10.",
+    )
+    isolation: str = Field(
+        "process",
+        pattern="^(process|thread)$",
+        description="Where DecodePool decodes: 'process' (worker processes with a deadline and a memory "
+        "limit; a native crash fails only that image) or 'thread' (in the caller's thread: faster, "
+        "but no deadline, no memory limit, and a crash takes the whole process).",
+    )
+    timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Wall-clock deadline for one decode in process isolation (decode_timeout). The "
+        "slowest normal case measured, a 64 MP progressive JPEG, takes about 1 s on one core.",
+    )
+    max_memory_mb: int = Field(
+        2048,
+        ge=0,
+        description="Address-space limit of each decode worker process (RLIMIT_AS), so a bomb that "
+        "passes the pixel checks fails as an error instead of exhausting the machine. 0 turns it off.",
+    )
+    workers: int = Field(
+        0, ge=0, le=64, description="Decode worker processes in process isolation; 0: one per CPU core."
+    )
+    batch_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Image bytes one batch may hold at once (downloads and files together); items past it "
+        "wait for the next batch, losing no attempt. With fetch.max_bytes it bounds a batch's memory.",
     )
 
 
@@ -488,7 +546,11 @@ class Settings(BaseSettings):
         env_prefix="IMGAUDIT_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    data_dir: Path = Field(Path("data"), description="Where the SQLite file and index files live.")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="Where the SQLite file and index files live; unset: ./data if it already holds "
+        "imgaudit.db, else the per-user data directory (~/.local/share/imgaudit on Linux).",
+    )
     cache_dir: Path = Field(
         Path("~/.cache/imgaudit"), description="Derived model files (ONNX exports), never in the repo."
     )
@@ -498,6 +560,7 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(300, ge=5, description="How long a claim on a queued item lasts.")
     max_attempts: int = Field(3, ge=1, description="Attempts before a retryable failure becomes permanent.")
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
@@ -527,7 +590,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _expand(self) -> Settings:
-        self.data_dir = self.data_dir.expanduser()
+        if self.data_dir != self.data_dir.expanduser():  # assigning marks the field set (data_dir_origin)
+            self.data_dir = self.data_dir.expanduser()
         self.cache_dir = self.cache_dir.expanduser()
         if self.dedup.embed_verify > self.dedup.embed_duplicate:
             raise ValueError("dedup.embed_verify must not exceed dedup.embed_duplicate")
@@ -536,6 +600,22 @@ class Settings(BaseSettings):
     @property
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'imgaudit.db'}"
+
+    @property
+    def database_in_use(self) -> str:
+        """The store for people to read: SQLite as an absolute path, a server URL without its password."""
+        if not self.database_url:
+            return f"sqlite:///{(self.data_dir / 'imgaudit.db').absolute()}"
+        return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", self.database_url)
+
+    @property
+    def data_dir_origin(self) -> str:
+        """Why ``data_dir`` is what it is, for ``config show`` and ``stats``."""
+        if "data_dir" in self.model_fields_set:
+            return "configured"
+        if self.data_dir == LEGACY_DATA_DIR:
+            return "./data holds imgaudit.db"
+        return "per-user default"
 
 
 def _config_file_in_use() -> Path | None:

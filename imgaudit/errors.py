@@ -88,6 +88,21 @@ class CorruptImage(MediaError):
     reason = "corrupt"
 
 
+class InternalError(ImgauditError):
+    """An unexpected error while handling this item (a bug, or an input no check foresaw)."""
+
+    reason = "internal_error"
+    # Permanent: the same bytes would fail the same way; `imgaudit recalc`/requeue retries after a fix.
+    retryable = False
+
+    @classmethod
+    def during(cls, stage: str, exc: BaseException) -> InternalError:
+        """The error recorded for an item whose ``stage`` raised ``exc``; the cause stays attached."""
+        error = cls(f"{stage} failed: {type(exc).__name__}: {str(exc)[:300]}")
+        error.__cause__ = exc
+        return error
+
+
 class ExternalUnavailable(ImgauditError):
     """The external business database is unavailable."""
 
@@ -112,3 +127,54 @@ class NotFound(ImgauditError):
     """No such item."""
 
     reason = "not_found"
+
+
+class EncodedBody(MediaError):
+    """The server sent a content-encoded (e.g. gzip) body although only identity was accepted."""
+
+    reason = "encoded_body"  # never decoded: a few KB of nested gzip can expand to gigabytes
+
+
+class TLSFailed(FetchError):
+    """The server's TLS certificate was rejected."""
+
+    reason = "tls_failed"
+    retryable = False  # a certificate that fails verification now will fail the same way in a second
+
+
+class OverBudget(MediaError):
+    """The batch's byte budget is spent; the item should be queued again once bytes are released."""
+
+    reason = "over_budget"
+    retryable = True
+
+
+class TooManyScans(DecompressionBomb):
+    """The progressive JPEG has more scans than decode.max_jpeg_scans (each scan re-reads every pixel)."""
+
+    reason = "jpeg_too_many_scans"
+
+
+class Polyglot(MediaError):
+    """The file is an image and also another format (a ZIP archive appended, GIFAR-style)."""
+
+    reason = "polyglot"
+
+
+class DecodeTimeout(MediaError):
+    """Decoding took longer than decode.timeout_seconds; the decoder process was killed."""
+
+    reason = "decode_timeout"  # not retried: the same bytes take as long again
+
+
+class DecodeCrashed(MediaError):
+    """The decoder process died while decoding (a native crash); the image is refused."""
+
+    reason = "decode_crashed"
+
+
+class DecodeUnavailable(MediaError):
+    """No decoder process could be started or the pool is closed; not the image's fault."""
+
+    reason = "decode_unavailable"
+    retryable = True

@@ -41,13 +41,25 @@ class Stage(StrEnum):
 @dataclass(frozen=True, slots=True)
 class ImageRef:
     """Where an image comes from: a local path, a URL, or a key in an external table, with what the
-    source says about it (a title or description, arbitrary fields) for search."""
+    source says about it (a title or description, arbitrary fields) for search.
+
+    A source that cannot make a usable reference of one entry (a symlink loop, an undecodable line)
+    still yields one, with ``error_reason`` set: the store records it as that entry's permanent failure
+    instead of the whole source failing, and nothing tries to fetch it. A path ``uri`` may hold
+    surrogate escapes (a file name that is not valid UTF-8, as ``os.fsdecode`` gives it)."""
 
     uri: str
     kind: str = "path"  # path | url | key
     external_key: str | None = None
     caption: str | None = None
     meta: dict[str, object] | None = field(default=None, compare=False, hash=False)
+    error_reason: str | None = None  # set: refused by its source, with error_message saying why
+    error_message: str | None = None
+
+    @classmethod
+    def refused(cls, uri: str, kind: str, reason: str, message: str) -> ImageRef:
+        """An entry its source could not use, to be recorded as failed rather than abort the source."""
+        return cls(uri, kind, error_reason=reason, error_message=message)
 
 
 @dataclass(frozen=True, slots=True)

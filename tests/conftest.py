@@ -13,12 +13,14 @@ from imgaudit.testing import FakeVisualSession
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's imgaudit.toml or IMGAUDIT_* variables."""
+    """No test reads the developer's imgaudit.toml or IMGAUDIT_* variables, and none writes into the real
+    per-user data directory (the default data_dir): XDG_DATA_HOME points into tmp_path."""
     import os
 
     for key in list(os.environ):
         if key.startswith("IMGAUDIT_") and key != "IMGAUDIT_TEST_DATABASE_URL":
             monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.chdir(tmp_path)
 
 
@@ -80,6 +82,8 @@ STORE_INDEPENDENT = {
     "test_cascade", "test_clip", "test_fusion", "test_hashes", "test_index_conformance", "test_media_decode",
     "test_media_fetch", "test_moderation_signals", "test_remote", "test_ssrf", "test_text_index",
     "test_text_risk", "test_verification", "test_docs", "test_semantic", "test_classifier",
+    "test_fetch_hardening", "test_lock", "test_hostile_corpus", "test_decode_limits",
+    "test_local_features_robust",
 }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import http.server
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,14 @@ def invoke(*args: str | Path, **env: str) -> Any:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def json_error(stderr: str) -> dict[str, str]:
+    """An error in --json mode: exactly one JSON object on stderr, ``{"error": {"reason", "message"}}``."""
+    (line,) = stderr.splitlines()
+    row = json.loads(line)
+    assert set(row) == {"error"} and set(row["error"]) == {"reason", "message"}, row
+    return row["error"]
 
 
 # -- the sample folder -----------------------------------------------------------------------------------
@@ -482,7 +491,7 @@ def test_relative_urls_without_cdn_base_are_refused_up_front(server: Server, tmp
     urls = url_list(tmp_path / "urls.txt", server.base)
     run = cli("ingest", urls, "--json", data_dir=data, cwd=tmp_path, expect=1)
     assert run.stdout == ""
-    assert "cdn_base" in one_line(run.stderr) and one_line(run.stderr).startswith("error:")
+    assert "cdn_base" in json_error(run.stderr)["message"]
     assert stats_of(data)["total"] == 0
 
 
@@ -534,9 +543,9 @@ def test_invalid_env_value_is_one_clear_error(tmp_path: Path) -> None:
         "config", "show", "--json", data_dir=None, cwd=tmp_path, expect=1, IMGAUDIT_DEDUP__EMBED_DUPLICATE="5"
     )
     assert run.stdout == ""
-    message = one_line(run.stderr)
-    assert message.startswith("error: invalid configuration:")
-    assert "dedup.embed_duplicate" in message and "less than or equal to 1" in message
+    error = json_error(run.stderr)
+    assert error["reason"] == "config" and error["message"].startswith("invalid configuration:")
+    assert "dedup.embed_duplicate" in error["message"] and "less than or equal to 1" in error["message"]
     # every command validates first (stats needs no model, so this is quick)
     run = cli(
         "stats",
@@ -546,7 +555,9 @@ def test_invalid_env_value_is_one_clear_error(tmp_path: Path) -> None:
         expect=1,
         IMGAUDIT_DEDUP__EMBED_DUPLICATE="5",
     )
-    assert run.stdout == "" and "dedup.embed_duplicate" in one_line(run.stderr)
+    assert run.stdout == "" and "dedup.embed_duplicate" in json_error(run.stderr)["message"]
+    run = cli("stats", data_dir=tmp_path / "d", cwd=tmp_path, expect=1, IMGAUDIT_DEDUP__EMBED_DUPLICATE="5")
+    assert one_line(run.stderr).startswith("error: invalid configuration:")  # text mode: one line
 
 
 @pytest.mark.parametrize(
@@ -563,7 +574,8 @@ def test_invalid_config_file_is_a_clean_error(tmp_path: Path, content: str, need
     result = invoke("config", "show", "--config", config, "--json")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.stdout == ""
-    assert one_line(result.stderr).startswith("error: invalid configuration") and needle in result.stderr
+    message = json_error(result.stderr)["message"]
+    assert message.startswith("invalid configuration") and needle in message
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -658,3 +670,204 @@ def test_ingest_batch_size_zero_is_refused(sample: Sample, tmp_path: Path) -> No
 def test_demo_summary_counts_enqueued(demo: tuple[Path, Run]) -> None:
     (row,) = demo[1].rows
     assert row["summary"]["enqueued"] == row["samples"]
+
+
+# -- first-hour bugs -------------------------------------------------------------------------------------
+
+
+def test_config_show_on_default_settings() -> None:
+    """The README's own example: unset values (clip paths) are comments in TOML and null in JSON."""
+    import tomllib
+
+    result = invoke("config", "show")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert tomllib.loads(text)["dedup"]["phash_max_distance"] == 4  # valid TOML, comments and all
+    clip = text[text.index("[clip]") :]
+    assert clip.startswith("[clip]\n# image_model: not set\n# text_model: not set\n")
+    assert "# data dir: " in text and "# database: sqlite:///" in text
+    assert show()["settings"]["clip"]["image_model"] is None
+
+
+def test_data_dir_is_per_user_unless_set(tmp_path: Path) -> None:
+    """Default: the per-user data directory (XDG_DATA_HOME here, see conftest), whatever the current
+    directory; a ./data holding imgaudit.db is still used; IMGAUDIT_DATA_DIR wins over both."""
+    xdg = Path(os.environ["XDG_DATA_HOME"])
+    assert xdg.is_relative_to(tmp_path)  # conftest keeps tests out of the real user data directory
+    row = show()
+    assert row["data_dir"] == str(xdg / "imgaudit") and row["data_dir_origin"] == "per-user default"
+    assert row["database"] == f"sqlite:///{xdg / 'imgaudit' / 'imgaudit.db'}"
+    (tmp_path / "data").mkdir()
+    assert show()["data_dir"] == str(xdg / "imgaudit")  # an empty ./data is not a store
+    (tmp_path / "data" / "imgaudit.db").touch()
+    row = show()
+    assert row["data_dir"] == str(tmp_path / "data") and row["data_dir_origin"] == "./data holds imgaudit.db"
+    row = show(IMGAUDIT_DATA_DIR=str(tmp_path / "elsewhere"))
+    assert row["data_dir"] == str(tmp_path / "elsewhere") and row["data_dir_origin"] == "configured"
+    row = show(IMGAUDIT_DATABASE_URL="postgresql://imgaudit:s3cret@db.internal:5432/imgaudit")
+    assert row["database"] == "postgresql://imgaudit:***@db.internal:5432/imgaudit"
+
+
+def test_stats_says_which_store_it_reads(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    (row,) = json_lines(invoke("stats", "--json", IMGAUDIT_DATA_DIR=str(data)).stdout)
+    server = db_env(data).get("IMGAUDIT_DATABASE_URL")
+    if server is None:
+        assert row["database"] == f"sqlite:///{data / 'imgaudit.db'}"
+    else:  # never the password
+        from sqlalchemy.engine import make_url
+
+        assert row["database"] == make_url(server).render_as_string(hide_password=True)
+    assert row["data_dir"] == str(data)
+    result = invoke("stats", IMGAUDIT_DATA_DIR=str(data))
+    assert (
+        result.exit_code == 0 and f"data dir {data} (configured); database {row['database']}" in result.stdout
+    )
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout == f"imgaudit {version('imgaudit')}\n"
+
+
+def test_help_shows_flags_as_flags() -> None:
+    """No ``<bool>`` after --json, --yes, --help...: a flag takes no value."""
+    from test_docs import command_names
+
+    for command in ["", *command_names()]:
+        result = invoke(*command.split(), "--help", COLUMNS="200")
+        assert result.exit_code == 0, (command, result.output)
+        assert "--help" in result.stdout and "<bool>" not in result.stdout, (command, result.stdout)
+    assert "<int range>" in invoke("groups", "--help", COLUMNS="200").stdout  # valued options keep theirs
+
+
+def test_choices_are_validated() -> None:
+    result = invoke("groups", "--kind", "foo", COLUMNS="200")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "'foo' is not one of 'duplicates', 'similar'" in one_line(result.stderr)
+
+
+def test_errors_in_json_mode_are_one_json_object(tmp_path: Path) -> None:
+    result = invoke("groups", "--kind", "foo", "--json")  # a usage error, before the command runs
+    assert result.exit_code == 2 and result.stdout == ""
+    assert json_error(result.stderr)["reason"] == "usage"
+    result = invoke("explain", "nope", "--json", IMGAUDIT_DATA_DIR=str(tmp_path / "d"))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert json_error(result.stderr) == {"reason": "not_found", "message": "no item matches 'nope'"}
+    result = invoke("stats", "--since", "yesterday", "--json", IMGAUDIT_DATA_DIR=str(tmp_path / "d"))
+    assert result.exit_code == 2 and "yesterday" in json_error(result.stderr)["message"]
+    result = invoke("explain", "nope", IMGAUDIT_DATA_DIR=str(tmp_path / "d"))  # text mode: one line
+    assert result.exit_code == 1 and one_line(result.stderr) == "error: no item matches 'nope'"
+
+
+@pytest.mark.model
+def test_stats_text_shows_moderation(ingested: Ingested) -> None:
+    run = cli("stats", data_dir=ingested.data_dir, cwd=ingested.sample.root)
+    moderation = ingested.stats["moderation"]
+    assert moderation and sum(moderation.values()) == N_FILES - N_BROKEN
+    for decision, n in moderation.items():  # a row of the table: group, key, count
+        assert re.search(rf"moderation\W+{decision}\W+{n}\b", run.stdout), run.stdout
+
+
+@pytest.mark.model
+def test_first_json_run_prints_only_json(sample: Sample, tmp_path: Path) -> None:
+    """The first command in a fresh cache exports the visual model; the library's chatter must not reach
+    stdout in --json mode."""
+    cache = tmp_path / "cache"
+    run = cli(
+        "check",
+        sample.img("o0.jpg"),
+        "--json",
+        data_dir=tmp_path / "d",
+        cwd=tmp_path,
+        IMGAUDIT_CACHE_DIR=str(cache),
+    )
+    assert (cache / "efficientnet-lite0-v1.onnx").is_file()  # it did export
+    assert len(run.rows) == 1 and "Loaded pretrained weights" not in run.stdout
+
+
+@pytest.mark.model
+def test_models_prepare_is_idempotent(tmp_path: Path) -> None:
+    """`make install` runs it; a second run finds everything in place and says so, quickly."""
+    first = cli("models", "prepare", "--json", data_dir=None, cwd=tmp_path)
+    assert [r["step"] for r in first.rows] == ["visual_model", "label_space"]
+    assert all(Path(r["path"]).is_file() for r in first.rows)
+    again = cli("models", "prepare", "--json", data_dir=None, cwd=tmp_path)
+    assert [r["built"] for r in again.rows] == [False, False]
+    assert [r["path"] for r in again.rows] == [r["path"] for r in first.rows]
+    text = cli("models", "prepare", data_dir=None, cwd=tmp_path)
+    assert "everything is ready" in text.stdout and "embed" not in text.stderr
+    assert not (Path(os.environ["XDG_DATA_HOME"]) / "imgaudit").exists()  # it opens no store
+
+
+def _fake_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bootstrap with the fake visual and text models: instant, whatever the cache holds."""
+    import imgaudit.bootstrap
+    from imgaudit.models.visual import VisualEncoder
+    from imgaudit.testing import FakeTextEncoder, FakeVisualSession
+
+    monkeypatch.setattr(imgaudit.bootstrap, "build_encoder", lambda s: VisualEncoder(FakeVisualSession()))
+    monkeypatch.setattr(imgaudit.bootstrap, "_text_encoder", lambda threads: FakeTextEncoder())
+
+
+def test_prepare_reports_progress_and_then_has_nothing_to_do(tmp_path: Path) -> None:
+    from imgaudit.config import load_settings
+    from imgaudit.models.export import VISUAL_MODEL_NAME
+    from imgaudit.services.prepare import prepare
+    from imgaudit.testing import FakeTextEncoder
+
+    settings = load_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "cache")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / VISUAL_MODEL_NAME).write_bytes(b"exported before")
+    calls: list[tuple[str, int, int]] = []
+    steps = prepare(settings, lambda *c: calls.append(c), text=FakeTextEncoder())
+    assert [(s.step, s.built) for s in steps] == [("visual_model", False), ("label_space", True)]
+    assert Path(steps[1].path).is_file() and {c[0] for c in calls} == {"label_space"}
+    done = [c[1] for c in calls]
+    assert done == sorted(done) and done[-1] == calls[-1][2] > 1000 and len(calls) > 3
+    calls.clear()
+    again = prepare(settings, lambda *c: calls.append(c), text=FakeTextEncoder())
+    assert [s.built for s in again] == [False, False] and not calls
+    assert not (tmp_path / "d").exists()
+
+
+def test_prepare_builds_the_label_space_search_uses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+) -> None:
+    from imgaudit.bootstrap import search_service
+    from imgaudit.config import load_settings
+    from imgaudit.services.prepare import label_space
+
+    _fake_models(monkeypatch)
+    settings = load_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "cache", database_url=database_url)
+    from imgaudit.testing import FakeTextEncoder
+
+    with search_service(settings) as svc:
+        assert svc.label_space.cache_path() == label_space(settings, FakeTextEncoder()).cache_path()
+    # and with the real text model, as `models prepare` builds it (its name needs no model load)
+    real = label_space(settings).encoder.name
+    assert real.startswith("multilingual-e5-small") and str(label_space(settings).cache_path()).endswith(
+        ".npy"
+    )
+
+
+def test_search_builds_the_label_space_with_a_progress_bar(
+    monkeypatch: pytest.MonkeyPatch, sample_image: Path, tmp_path: Path
+) -> None:
+    _fake_models(monkeypatch)
+    env = {"IMGAUDIT_DATA_DIR": str(tmp_path / "d"), "IMGAUDIT_CACHE_DIR": str(tmp_path / "cache")}
+    result = invoke("search", "--image", sample_image, **env)
+    assert result.exit_code == 0, result.output
+    assert "embed the label space for search" in result.stderr and "models prepare" in result.stderr
+    assert list((tmp_path / "cache" / "label_space").glob("*.npy"))
+    result = invoke("search", "--image", sample_image, **env)
+    assert result.exit_code == 0 and "label space" not in result.stderr  # cached: no bar, no note
+
+
+@pytest.fixture
+def sample_image(tmp_path: Path) -> Path:
+    path = tmp_path / "probe.jpg"
+    path.write_bytes(jpeg_bytes(textured_image(1, (320, 240))))
+    return path

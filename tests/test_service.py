@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +102,9 @@ def test_index_is_rebuilt_from_the_store_when_files_are_lost(
     with dedup_service(settings, fake_encoder) as svc:
         assert len(svc.indexes) == svc.store.count_indexed() == svc.store.counts()["decision"]["unique"] >= 6
         scores, ids = svc.indexes.vectors.search(
-            svc.pipeline.analyse([(folder / "o5.jpg").read_bytes()], {"decode+hash": 0, "embed": 0})[
-                0
-            ].signals.embedding[None, :],
+            svc.pipeline.analyse([ImageRef(str(folder / "o5.jpg"))], defaultdict(float))[0].signals.embedding[
+                None, :
+            ],
             1,
         )
         assert svc.store.get(int(ids[0][0])).uri.endswith("o5.jpg") and scores[0][0] > 0.99

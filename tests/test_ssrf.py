@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from imgaudit.errors import BlockedAddress, FetchError
-from imgaudit.media.ssrf import blocked_reason, check_url, check_url_async
+from imgaudit.media.ssrf import IPAddress, Target, blocked_reason, check_url, check_url_async, resolve_target
 
 Resolver = Callable[..., list[tuple[object, ...]]]
 
@@ -87,6 +87,19 @@ BLOCKED = [
     "http://mapped.example.com/a.jpg",
     "http://metadata.example.com/a.jpg",
     "http://v6meta.example.com/a.jpg",
+    # Numeric hosts are decided by the guard's WHATWG parser, never by a resolver:
+    "http://127.000.000.001/a.jpg",  # leading zeros (octal)
+    "http://0x7F.000.0x0.01/a.jpg",  # mixed hex, octal, decimal
+    "http://0177.1./a.jpg",  # trailing dot
+    "http://0251.0376.0251.0376/",  # 169.254.169.254 in octal
+    "http://127\u30020\u30020\u30021/a.jpg",  # ideographic full stops (IDNA maps them to ".")
+    "http://\uff11\uff12\uff17.0.0.1/a.jpg",  # full-width digits
+    "http://%31%32%37.0.0.1/a.jpg",  # percent-encoded host
+    "http://08.0.0.1/a.jpg",  # numeric but not valid octal: no address, refused
+    "http://1.2.3.4.5/a.jpg",
+    "http://4294967296/a.jpg",
+    "http://999.1.1.1/a.jpg",
+    "http://0x7g.1/a.jpg",  # last label numeric, so not a DNS name
 ]
 
 
@@ -188,3 +201,76 @@ def test_message_names_the_reason() -> None:
 )
 def test_blocked_reason(address: str, blocked: bool) -> None:
     assert (blocked_reason(ipaddress.ip_address(address)) is not None) is blocked
+
+
+class _CountingResolver:
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.calls: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> list[IPAddress | str]:
+        self.calls.append((host, port))
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return list(self.table[host])
+
+
+NUMERIC_TEST_NET = [
+    "http://0xcb007107/",
+    "http://3405803783/",
+    "http://0313.0.0161.7/",
+    "http://203.0.28935./",
+]
+
+
+@pytest.mark.parametrize("url", NUMERIC_TEST_NET)
+async def test_numeric_hosts_are_parsed_by_the_guard_without_resolving(url: str) -> None:
+    # 203.0.113.7 (a documentation address) spelled four ways; any lookup would fail the test.
+    resolver = _CountingResolver({})
+    target = await resolve_target(url, allow_private=True, allowed_hosts=[], resolver=resolver)
+    assert target.addresses == (ipaddress.ip_address("203.0.113.7"),) and resolver.calls == []
+    check_url(url, allow_private=False, allowed_hosts=["203.0.113.0/24"])
+    with pytest.raises(BlockedAddress, match=r"-> 203\.0\.113\.7 is"):
+        check_url(url, allow_private=False, allowed_hosts=[])
+
+
+async def test_resolve_target_returns_the_checked_addresses() -> None:
+    resolver = _CountingResolver({"cdn.test": ["203.0.113.7", "2001:db8::7", "203.0.113.7"]})
+    target = await resolve_target(
+        "https://cdn.test/a.jpg",
+        allow_private=False,
+        allowed_hosts=["203.0.113.0/24", "2001:db8::/32"],
+        resolver=resolver,
+    )
+    assert target == Target(
+        "cdn.test", 443, (ipaddress.ip_address("203.0.113.7"), ipaddress.ip_address("2001:db8::7"))
+    )
+    assert resolver.calls == [("cdn.test", 443)]
+
+
+async def test_resolve_target_resolves_exempt_names_too_so_they_can_be_pinned() -> None:
+    resolver = _CountingResolver({"images.test": ["127.0.0.1"]})
+    for options in (
+        {"allow_private": True, "allowed_hosts": []},
+        {"allow_private": False, "allowed_hosts": ["images.test"]},
+    ):
+        target = await resolve_target("http://images.test:8080/a.jpg", resolver=resolver, **options)  # type: ignore[arg-type]
+        assert target.addresses == (ipaddress.ip_address("127.0.0.1"),) and target.port == 8080
+    assert resolver.calls == [("images.test", 8080)] * 2
+    with pytest.raises(BlockedAddress):
+        await resolve_target("http://images.test/", allow_private=False, allowed_hosts=[], resolver=resolver)
+    with pytest.raises(FetchError, match="cannot resolve"):
+        await resolve_target("http://nx.test/", allow_private=True, allowed_hosts=[], resolver=resolver)
+
+
+async def test_resolve_target_decides_literals_and_localhost_without_a_resolver() -> None:
+    resolver = _CountingResolver({})
+    target = await resolve_target("http://0x7f.1/", allow_private=True, allowed_hosts=[], resolver=resolver)
+    assert target.addresses == (ipaddress.ip_address("127.0.0.1"),) and target.port == 80
+    target = await resolve_target(
+        "http://localhost/", allow_private=True, allowed_hosts=[], resolver=resolver
+    )
+    assert set(target.addresses) == {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    with pytest.raises(BlockedAddress):  # malformed numeric hosts are refused even with allow_private
+        await resolve_target("http://08.0.0.1/", allow_private=True, allowed_hosts=[], resolver=resolver)
+    assert resolver.calls == []

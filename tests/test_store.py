@@ -202,3 +202,77 @@ def test_heartbeat_extends_only_our_leases(store: SqlStore) -> None:
     assert store.extend_leases("w1", [a.id], 60) == 1
     (taken,) = store.claim("w2", 5, 60)  # b's lease had expired and was not extended
     assert taken.id == b.id
+
+
+# -- entries that are no image, names that are not UTF-8, leases of the dead ----------------------------
+
+
+def test_refused_entries_are_failed_items_at_once(store: SqlStore) -> None:
+    """A source's refusal is that entry's permanent failure, with its reason; the others are queued."""
+    refused = ImageRef.refused("/imgs/loop.jpg", "path", "symlink_loop", "/imgs/loop.jpg: symlink loop")
+    result = store.enqueue([ImageRef("/a"), refused, ImageRef("/b")], "folder")
+    assert result == (2, 0) and result.added == 2 and result.refusals == {"symlink_loop": 1}
+    rec = store.find("/imgs/loop.jpg")
+    assert rec is not None and rec.status == Status.FAILED_PERMANENT and rec.attempts == 0
+    assert (rec.error_reason, rec.last_error) == ("symlink_loop", "/imgs/loop.jpg: symlink loop")
+    assert store.counts()["error"] == {"symlink_loop": 1}
+    assert store.events(rec.id)[0]["event"] == "failed_permanent"
+    assert [c.ref.uri for c in store.claim("w", 10, 60)] == ["/a", "/b"]  # never claimed
+    assert store.requeue_failed(permanent=True) == 0  # retrying a refusal cannot succeed
+    assert store.enqueue([refused], "folder") == (0, 1)
+
+
+def test_a_path_that_is_not_utf8_is_stored_losslessly(store: SqlStore) -> None:
+    """``uri_hash`` raised UnicodeEncodeError on such a name, and so did the database."""
+    import os
+
+    raw = os.fsdecode(b"/imgs/caf\xe9 100%.jpg")  # Latin-1: surrogate escapes in Python
+    literal = "file:odd%41.jpg"  # a real (relative) name that looks like the escaped form
+    result = store.enqueue([ImageRef(raw), ImageRef(literal), ImageRef("/imgs/café.jpg")], "folder")
+    assert result == (3, 0)
+    claimed = {c.ref.uri: c.id for c in store.claim("w", 10, 60)}
+    assert set(claimed) == {raw, literal, "/imgs/café.jpg"}  # each comes back as it went in
+    rec = store.get(claimed[raw])
+    assert rec.uri == "file:/imgs/caf%E9 100%25.jpg"  # printable, and says which bytes
+    assert store.find_by_uri(raw) == rec and store.find(rec.uri) == rec
+    assert store.get(claimed["/imgs/café.jpg"]).uri == "/imgs/café.jpg"  # valid names stay as they are
+    assert store.enqueue([ImageRef(raw)], "folder") == (0, 1)
+
+
+def test_uri_hash_of_text_is_unchanged() -> None:
+    """Stores written before keep matching: every valid string still hashes as its UTF-8."""
+    import hashlib
+
+    from imgaudit.store.repo import uri_hash
+
+    for uri in ("/a.jpg", "https://cdn.example/é.jpg", "key:t@db:42"):
+        assert uri_hash(uri) == hashlib.sha256(uri.encode("utf-8")).hexdigest()
+
+
+def test_what_the_database_cannot_hold_fails_only_its_own_item(store: SqlStore) -> None:
+    bad = ImageRef("https://a.example/\udcff.jpg", "url")
+    long_key = ImageRef("https://a.example/k.jpg", "key", "k" * 300)
+    captioned = ImageRef("/c.jpg", caption="from a sidecar \ud800", meta={"k\x00": "\udcff"})
+    result = store.enqueue([bad, ImageRef("/a"), long_key, captioned], "folder")
+    assert result == (2, 0) and result.refusals == {"bad_uri": 1, "bad_key": 1}
+    a, c = store.claim("w", 10, 60)
+    assert store.get(c.id).caption is not None
+    # A failure quoting a name that is not UTF-8 is stored, not raised from the batch.
+    store.finish([], [Failure(a.id, CorruptImage("cannot read /imgs/\udcff.jpg"))], 1)
+    assert store.get(a.id).last_error == "cannot read /imgs/\\xff.jpg"
+
+
+def test_leases_of_a_gone_claimer_can_end_at_once(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/a"), ImageRef("/b"), ImageRef("/c")], "folder")
+    store.claim("dead", 2, 300)
+    store.claim("alive", 1, 60)
+    leases = {lease.worker: lease for lease in store.leases()}
+    assert {w: lease.items for w, lease in leases.items()} == {"dead": 2, "alive": 1}
+    assert timedelta(seconds=290) < leases["dead"].until - utcnow() <= timedelta(seconds=300)
+    assert store.claim("rerun", 10, 60) == []  # before: they waited out the 300 s
+    assert store.expire_leases(["dead"]) == 2
+    again = store.claim("rerun", 10, 60)
+    assert len(again) == 2 and all(c.attempts == 2 for c in again)  # the interrupted attempt counts
+    assert "claimer_gone" in [e["event"] for e in store.events(again[0].id)]
+    assert {lease.worker for lease in store.leases()} == {"alive", "rerun"}
+    assert store.expire_leases([]) == 0

@@ -60,3 +60,24 @@ def test_content_box_finds_a_photo_in_a_screenshot() -> None:
 def test_content_box_leaves_ordinary_photos_alone() -> None:
     assert content_box(arr(textured_image(16, (400, 300)))) is None
     assert content_box(np.full((300, 400, 3), 128, np.uint8)) is None
+
+
+def _png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_one_pixel_images_and_thin_strips_are_not_verified() -> None:
+    """As ingest sees them: decoded files of 1x1 and 1xN pixels (ORB used to raise inv_scale_x > 0)."""
+    from imgaudit.media.decode import decode
+
+    def pixels(size: tuple[int, int]) -> np.ndarray:
+        return decode(_png(size, (10, 200, 30)), max_pixels=10_000_000, max_side=512).pixels
+
+    pairs = [((1, 1), (1, 1)), ((800, 1), (200, 1)), ((1, 800), (1, 200)), ((2, 2), (640, 2))]
+    for query, candidate in pairs:
+        v = lf.verify([pixels(query)], pixels(candidate))
+        assert v == lf.NOT_VERIFIED, (query, candidate, v)

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import typer
 
 from imgaudit.cli.logs import check_worker_name, follow, log_path, tail_lines
+from imgaudit.cli.output import clean
 from imgaudit.config import Settings
 from imgaudit.errors import ImgauditError
 
@@ -379,7 +380,7 @@ def _say(as_json: bool, row: dict[str, Any], text: str, *, problem: bool = False
     if as_json:
         cli._emit(row)
     else:
-        (cli.console if problem else cli.out).print(text, markup=False)
+        (cli.console if problem else cli.out).print(clean(text), markup=False)
 
 
 def _do_start(settings: Settings, name: str, config: Path | None, wait: float, as_json: bool) -> None:
@@ -394,8 +395,10 @@ def _do_start(settings: Settings, name: str, config: Path | None, wait: float, a
             problem=True,
         )
         _cli().console.print(
-            f"worker {name} is still starting; see `imgaudit worker status --name {name}` "
-            f"and `imgaudit worker logs --name {name}`",
+            clean(
+                f"worker {name} is still starting; see `imgaudit worker status --name {name}` "
+                f"and `imgaudit worker logs --name {name}`"
+            ),
             markup=False,
         )
         raise typer.Exit(1)
@@ -530,7 +533,7 @@ def status(
             for info in infos:
                 cli._emit({"event": "worker_status", **asdict(info)})
         elif not infos:
-            cli.console.print(f"no workers found in {run_dir(settings)}", markup=False)
+            cli.console.print(clean(f"no workers found in {run_dir(settings)}"), markup=False)
         else:
             rows = [
                 [
@@ -547,7 +550,7 @@ def status(
                 for i in infos
             ]
             header = ["NAME", "STATUS", "PID", "UPTIME", "STATE", "PROCESSED", "RATE/MIN", "QUEUE", "UPDATED"]
-            sys.stdout.write(_columns([header, *rows]))
+            sys.stdout.write(_columns([header, *([clean(v) for v in r] for r in rows)]))
         if name is not None and not infos[0].running:
             raise typer.Exit(EXIT_NOT_RUNNING)
 
@@ -572,14 +575,15 @@ def logs(
         except FileNotFoundError as exc:
             raise DaemonError(f"no log for worker {name} ({path})") from exc
         try:
+            # Log lines quote URLs, file names and error messages: shown inert, like every other output.
             for line in tail_lines(f, lines):
-                sys.stdout.write(line + "\n")
+                sys.stdout.write(clean(line, multiline=True) + "\n")
             sys.stdout.flush()
             if not follow_:
                 f.close()
                 return
             for text in follow(path, f, interval=0.5):
-                sys.stdout.write(text)
+                sys.stdout.write(clean(text, multiline=True))
                 sys.stdout.flush()
         except KeyboardInterrupt:
             return

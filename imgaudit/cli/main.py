@@ -1,4 +1,8 @@
-"""``imgaudit`` commands. The only place (with the API) that prints, exits, or formats errors."""
+"""``imgaudit`` commands. The only place (with the API) that prints, exits, or formats errors.
+
+Untrusted text (file names, URLs, OCR, captions, error messages, config values) goes through
+``imgaudit.cli.output`` (``safe`` inside markup, ``cell`` in tables) before it reaches the terminal.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,40 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
+from imgaudit.cli.app import App, json_error, json_mode
+from imgaudit.cli.output import cell, clean, console, dumps, out, safe
 from imgaudit.config import Settings, config_file_in_use, load_settings
 from imgaudit.errors import ImgauditError
 
-app = typer.Typer(
+__all__ = ["app", "cell", "clean", "console", "out", "safe"]
+
+app = App(
     help="imgaudit: image review for e-commerce content.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
-worker_app = typer.Typer(help="The always-on worker and its management.", no_args_is_help=True)
-index_app = typer.Typer(help="Maintain the vector and hash indexes.", no_args_is_help=True)
+config_app = App(help="Show the configuration.", no_args_is_help=True)
+worker_app = App(help="The always-on worker and its management.", no_args_is_help=True)
+index_app = App(help="Maintain the vector and hash indexes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(index_app, name="index")
 app.add_typer(worker_app, name="worker")
-
-console = Console(stderr=True, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True, dir_okay=False)
@@ -44,24 +57,53 @@ TargetArg = Annotated[
 T = TypeVar("T")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("imgaudit")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            from imgaudit import __version__ as number
+        out.print(f"imgaudit {number}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
+    """imgaudit: image review for e-commerce content."""
+
+
 def _settings(config: Path | None) -> Settings:
     return load_settings(config)
 
 
 def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(dumps(obj) + "\n")
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Every ImgauditError becomes one clear line and exit code 1; nothing else is swallowed."""
+def _errors(as_json: bool | None = None) -> Iterator[None]:
+    """Every ImgauditError becomes one clear line (with ``--json``: one JSON object, on stderr) and exit
+    code 1; nothing else is swallowed. ``as_json`` defaults to the running command's ``--json``."""
     try:
         yield
-    except ImgauditError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
-    except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ImgauditError, FileNotFoundError) as exc:
+        if as_json is None:
+            as_json = json_mode()
+        if isinstance(exc, ImgauditError):
+            reason, message = exc.reason, exc.message
+        else:
+            reason, message = "not_found", str(exc)
+        if as_json:
+            json_error(reason, message)
+        else:
+            console.print(f"[red]error:[/red] {safe(message, multiline=True)}")
         raise typer.Exit(1) from exc
 
 
@@ -91,6 +133,37 @@ def _with_progress(total: int, label: str, fn: Callable[[Callable[[int], None]],
                 bar.update(task, rate=f"{t.completed / t.elapsed:.1f} img/s")
 
         return fn(step)
+
+
+STEP_LABELS = {
+    "visual_model": "export the visual encoder to ONNX",
+    "label_space": "embed the label space for search",
+}
+
+
+@contextmanager
+def step_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """One Rich bar per step of a one-time job, on stderr, fed ``(step, done so far, total)``; nothing
+    in JSON mode."""
+    if quiet:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(STEP_LABELS.get(step, step), total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield update
 
 
 @app.command()
@@ -134,16 +207,24 @@ def ingest(
             )
             if summary.moderation:
                 out.print(
-                    "moderation: "
-                    + ", ".join(f"{k} {summary.moderation.get(k, 0)}" for k in ("pass", "review", "violate"))
-                    + (
-                        " (" + ", ".join(f"{k} {v}" for k, v in summary.reasons.most_common()) + ")"
-                        if summary.reasons
-                        else ""
-                    )
+                    clean(
+                        "moderation: "
+                        + ", ".join(
+                            f"{k} {summary.moderation.get(k, 0)}" for k in ("pass", "review", "violate")
+                        )
+                        + (
+                            " (" + ", ".join(f"{k} {v}" for k, v in summary.reasons.most_common()) + ")"
+                            if summary.reasons
+                            else ""
+                        )
+                    ),
+                    markup=False,
                 )
             if summary.errors:
-                out.print("failures: " + ", ".join(f"{k} {v}" for k, v in summary.errors.most_common()))
+                out.print(
+                    clean("failures: " + ", ".join(f"{k} {v}" for k, v in summary.errors.most_common())),
+                    markup=False,
+                )
 
 
 @app.command()
@@ -174,10 +255,10 @@ def _moderation_lines(decision: str | None, reasons: list[dict[str, Any]] | None
     if decision is None:
         return []
     colour = MODERATION_COLOUR.get(decision, "white")
-    lines = [f"  moderation: [{colour}]{decision}[/{colour}]"]
+    lines = [f"  moderation: [{colour}]{safe(decision)}[/{colour}]"]
     for r in reasons or []:
         c = MODERATION_COLOUR.get(str(r["decision"]), "white")
-        lines.append(f"    - [{c}]{r['decision']}[/{c}] {r['category']}: {r['message']}")
+        lines.append(f"    - [{c}]{safe(r['decision'])}[/{c}] {safe(r['category'])}: {safe(r['message'])}")
     return lines
 
 
@@ -225,17 +306,17 @@ def check(
             if as_json:
                 _emit(row)
             elif r.verdict is None:
-                out.print(f"{r.ref.uri}: [red]failed[/red] ({r.error_reason}: {r.error})")
+                out.print(f"{safe(r.ref.uri)}: [red]failed[/red] ({safe(r.error_reason)}: {safe(r.error)})")
             else:
                 v = r.verdict
                 if v.decision == "duplicate":
                     out.print(
-                        f"{r.ref.uri}: [yellow]duplicate[/yellow] of #{v.duplicate_of} "
-                        f"{row['original']} (score {v.score:.3f}, stage {v.stage.value})"
+                        f"{safe(r.ref.uri)}: [yellow]duplicate[/yellow] of #{v.duplicate_of} "
+                        f"{safe(row['original'])} (score {v.score:.3f}, stage {v.stage.value})"
                     )
                 else:
                     near = f", nearest cosine {v.score:.3f}" if v.score is not None else ""
-                    out.print(f"{r.ref.uri}: [green]unique[/green]{near}")
+                    out.print(f"{safe(r.ref.uri)}: [green]unique[/green]{near}")
                 for line in _moderation_lines(row.get("moderation"), row.get("reasons")):
                     out.print(line)
         if failed:
@@ -284,66 +365,69 @@ def explain(
                 | {"original": original.uri if original else None}
             )
             return
-        out.print(f"#{rec.id} {rec.uri}")
+        _plain(f"#{rec.id} {rec.uri}")
         if rec.status != "done":
-            out.print(
+            _plain(
                 f"  status {rec.status}"
                 + (f": {rec.error_reason}: {rec.last_error}" if rec.error_reason else "")
             )
             return
         if rec.decision == "duplicate" and original is not None:
             out.print(
-                f"  dedup: [yellow]duplicate[/yellow] of #{original.id} {original.uri} "
-                f"(stage {rec.stage}, score {rec.score:.3f})"
+                f"  dedup: [yellow]duplicate[/yellow] of #{original.id} {safe(original.uri)} "
+                f"(stage {safe(rec.stage)}, score {rec.score:.3f})"
             )
         else:
             near = f" (nearest cosine {rec.score:.3f})" if rec.score is not None else ""
             out.print(f"  dedup: [green]unique[/green]{near}")
         if rec.evidence:
-            out.print("    evidence: " + ", ".join(f"{k} {v:.3g}" for k, v in rec.evidence.items()))
+            _plain("    evidence: " + ", ".join(f"{k} {v:.3g}" for k, v in rec.evidence.items()))
         if rec.moderation is None:
-            out.print("  moderation: not run")
+            _plain("  moderation: not run")
             return
         for line in _moderation_lines(rec.moderation, rec.reasons):
             out.print(line)
         sig = rec.moderation_signals or {}
-        out.print("  signals:")
+        _plain("  signals:")
         ocr = sig.get("ocr")
         if ocr is None:
-            out.print("    ocr: off")
+            _plain("    ocr: off")
         elif not ocr:
-            out.print(
-                "    ocr: no text" if sig.get("text_found") is False else "    ocr: text seen, none read"
-            )
+            _plain("    ocr: no text" if sig.get("text_found") is False else "    ocr: text seen, none read")
         else:
             for ln in ocr:
-                out.print(f"    ocr {ln['score']:.2f}: {ln['text']}")
+                _plain(f"    ocr {ln['score']:.2f}: {ln['text']}")
         codes = sig.get("codes")
-        out.print(
+        _plain(
             "    codes: "
             + ("off" if codes is None else ", ".join(f"{c['format']} {c['text']}" for c in codes) or "none")
         )
         nsfw = sig.get("nsfw")
         if nsfw is not None:
-            out.print(f"    nsfw: {nsfw:.3f}")
+            _plain(f"    nsfw: {nsfw:.3f}")
         elif sig.get("skin") is not None:
-            out.print(f"    nsfw: not scored (skin-coloured pixels {sig['skin']:.0%}, below the floor)")
+            _plain(f"    nsfw: not scored (skin-coloured pixels {sig['skin']:.0%}, below the floor)")
         else:
-            out.print("    nsfw: off")
+            _plain("    nsfw: off")
         q = sig.get("quality")
         if q:
-            out.print(
+            _plain(
                 f"    quality: sharpness {q['sharpness']:.0f}, contrast {q['contrast']:.1f}, "
                 f"one colour {q['dominant_fraction']:.0%}, {q['width']}x{q['height']}"
             )
         if sig.get("labels"):
-            out.print("    labels: " + ", ".join(f"{n} {p:.2f}" for n, p in sig["labels"]))
+            _plain("    labels: " + ", ".join(f"{n} {p:.2f}" for n, p in sig["labels"]))
         cls = sig.get("classifier")
         if cls:
             probs = ", ".join(
                 f"{k} {v:.2f}" for k, v in sorted(cls["probabilities"].items(), key=lambda kv: -kv[1])
             )
-            out.print(f"    classifier {cls['model']}: {probs}")
+            _plain(f"    classifier {cls['model']}: {probs}")
+
+
+def _plain(text: str) -> None:
+    """One line of results that carries no markup of ours: untrusted parts shown as they are, inert."""
+    out.print(clean(text), markup=False)
 
 
 @app.command()
@@ -397,8 +481,15 @@ def search(
         from imgaudit.bootstrap import search_service
 
         with search_service(settings) as svc:
-            if not svc.labels_ready() and not as_json:
-                console.print("embedding the 1,000 label names once (1-2 minutes, cached afterwards)...")
+            if not svc.labels_ready():
+                if not as_json:
+                    console.print(
+                        "embedding the label space once (1-5 minutes, cached afterwards; "
+                        "`imgaudit models prepare` does it ahead of time)"
+                    )
+                with step_progress(as_json) as progress:
+                    step = None if progress is None else lambda n, total: progress("label_space", n, total)
+                    svc.prepare_labels(step)
             pending = svc.pending()
             if pending:
                 _with_progress(
@@ -418,17 +509,17 @@ def search(
             return
         table = Table("rank", "id", "score", "image", "why", show_lines=True)
         for rank, h in enumerate(results.hits, (page - 1) * results.per_page + 1):
-            flags = "".join(
-                f" [{c}]{v}[/{c}]"
-                for v, c in ((h.record.moderation, MODERATION_COLOUR.get(h.record.moderation or "", "")),)
-                if v and v != "pass"
-            )
+            image_cell = cell(h.record.uri)
+            if h.record.moderation and h.record.moderation != "pass":
+                image_cell.append(" ").append(
+                    clean(h.record.moderation), MODERATION_COLOUR.get(h.record.moderation, "")
+                )
             table.add_row(
                 str(rank),
                 str(h.record.id),
                 f"{h.score:.4f}",
-                h.record.uri + flags,
-                "\n".join(map(_marked, h.why)),
+                image_cell,
+                Text("\n").join(map(_marked, h.why)),
             )
         out.print(table)
         pages = -(-results.total // results.per_page)
@@ -438,18 +529,16 @@ def search(
         )
 
 
-def _marked(text: str) -> str:
-    """A snippet's <b>matches</b> (HTML-escaped text) as Rich markup."""
+def _marked(text: str) -> Text:
+    """A snippet's <b>matches</b> (HTML-escaped text) highlighted, everything else shown as it is."""
     import html
 
-    from rich.markup import escape
-
     parts = text.split("<b>")
-    out = escape(html.unescape(parts[0]))
+    marked = Text(clean(html.unescape(parts[0])))
     for part in parts[1:]:
         hit, _, rest = part.partition("</b>")
-        out += f"[bold yellow]{escape(html.unescape(hit))}[/bold yellow]{escape(html.unescape(rest))}"
-    return out
+        marked.append(clean(html.unescape(hit)), "bold yellow").append(clean(html.unescape(rest)))
+    return marked
 
 
 def _as_totals(step: Callable[[int], None]) -> Callable[[int, int], None]:
@@ -464,11 +553,16 @@ def _as_totals(step: Callable[[int], None]) -> Callable[[int, int], None]:
     return progress
 
 
+class GroupKind(StrEnum):
+    duplicates = "duplicates"
+    similar = "similar"
+
+
 @app.command()
 def groups(
     kind: Annotated[
-        str, typer.Option(help="duplicates (copies of one original) or similar (look-alikes).")
-    ] = "duplicates",
+        GroupKind, typer.Option(help="duplicates (copies of one original) or similar (look-alikes).")
+    ] = GroupKind.duplicates,
     min_size: Annotated[int, typer.Option(help="Smallest group listed.", min=2)] = 2,
     limit: Annotated[int, typer.Option(help="Groups listed, largest first.", min=1)] = 50,
     threshold: Annotated[
@@ -483,7 +577,7 @@ def groups(
     with _errors():
         settings = _settings(config)
         with search_service(settings) as svc:
-            found = svc.groups(kind, min_size=min_size, limit=limit, threshold=threshold)
+            found = svc.groups(kind.value, min_size=min_size, limit=limit, threshold=threshold)
         if as_json:
             for g in found:
                 _emit(
@@ -500,11 +594,11 @@ def groups(
             more = "…" if len(g.members) > 12 else ""
             table.add_row(
                 str(g.size),
-                f"#{g.representative.id} {g.representative.uri}",
+                cell(f"#{g.representative.id} {g.representative.uri}"),
                 " ".join(f"#{m}" for m in g.members[:12]) + more,
             )
         out.print(table)
-        out.print(f"{len(found)} {kind} groups of {min_size} or more")
+        out.print(f"{len(found)} {kind.value} groups of {min_size} or more")
 
 
 def _parse_since(value: str | None) -> datetime | None:
@@ -552,14 +646,17 @@ def stats(
             "workers": activity["workers"],
             "in_flight": activity["in_flight"],
             "since": start.isoformat() if start else None,
+            "data_dir": str(settings.data_dir.absolute()),
+            "database": settings.database_in_use,
         }
         if as_json:
             _emit(data)
             return
+        _plain(f"data dir {data['data_dir']} ({settings.data_dir_origin}); database {data['database']}")
         table = Table("group", "key", "count")
-        for group in ("status", "decision", "duplicate_stage", "error"):
-            for k, v in counts[group].items():
-                table.add_row(group, str(k), str(v))
+        for group in ("status", "decision", "duplicate_stage", "moderation", "error"):
+            for k, v in counts.get(group, {}).items():
+                table.add_row(group, cell(k), str(v))
         out.print(table)
         out.print(
             f"total {data['total']}, indexed {indexed}, queue depth {data['queue_depth']}, "
@@ -577,7 +674,7 @@ def stats(
             wt = Table("worker", "processed", "last item at", "in flight")
             for w in data["workers"]:
                 wt.add_row(
-                    w["worker"],
+                    cell(w["worker"]),
                     str(w["processed"]),
                     str(w["last_at"]),
                     str(data["in_flight"].get(w["worker"], 0)),
@@ -594,14 +691,14 @@ def reset(
     """Delete every image record, the indexes and the thumbnails (the images themselves are untouched)."""
     with _errors():
         settings = _settings(config)
-        if not yes and not typer.confirm(f"Delete all imgaudit data in {settings.data_dir}?"):
+        if not yes and not typer.confirm(f"Delete all imgaudit data in {clean(settings.data_dir)}?"):
             raise typer.Exit(1)
         with _service(settings) as svc:
             svc.reset()
         if as_json:
             _emit({"event": "reset", "data_dir": str(settings.data_dir)})
         else:
-            out.print(f"reset {settings.data_dir}")
+            _plain(f"reset {settings.data_dir}")
 
 
 @index_app.command("rebuild")
@@ -632,13 +729,53 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         settings = _settings(config)
         data = json.loads(settings.model_dump_json())
         source = str(config or config_file_in_use() or "(defaults and environment only)")
+        where = {
+            "data_dir": str(settings.data_dir.absolute()),
+            "data_dir_origin": settings.data_dir_origin,
+            "database": settings.database_in_use,
+        }
         if as_json:
-            _emit({"config_file": source, "settings": data})
+            _emit({"config_file": source, **where, "settings": data})
             return
-        out.print(f"# config file: {source}")
-        import tomli_w
+        head = (
+            f"# config file: {source}\n# data dir: {where['data_dir']} ({settings.data_dir_origin})\n"
+            f"# database: {where['database']}\n"
+        )
+        out.print(clean(head + _toml(data), multiline=True), markup=False)
 
-        out.print(tomli_w.dumps(data))
+
+def _toml(data: dict[str, Any]) -> str:
+    """The settings as TOML; unset values (TOML has no null) become ``# key: not set`` in their table."""
+    import re
+
+    import tomli_w
+
+    unset: dict[tuple[str, ...], list[str]] = {}
+
+    def without_none(table: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+        kept: dict[str, Any] = {}
+        for key, value in table.items():
+            if value is None:
+                unset.setdefault(path, []).append(key)
+            else:
+                kept[key] = without_none(value, (*path, key)) if isinstance(value, dict) else value
+        return kept
+
+    lines = tomli_w.dumps(without_none(data, ())).splitlines()
+    for path, keys in unset.items():
+        notes = [f"# {key}: not set" for key in keys]
+        if not path:
+            lines[:0] = notes
+            continue
+        header = (
+            "[" + ".".join(k if re.fullmatch(r"[\w-]+", k, re.ASCII) else json.dumps(k) for k in path) + "]"
+        )
+        if header in lines:
+            at = lines.index(header) + 1
+        else:  # a table holding nothing else: tomli_w writes no header for it
+            at, notes = len(lines), [f"# {'.'.join(path)}.{key}: not set" for key in keys]
+        lines[at:at] = notes
+    return "\n".join(lines) + "\n"
 
 
 @app.command()
@@ -657,7 +794,7 @@ def demo(
         if as_json:
             _emit({"event": "demo", **result})
             return
-        out.print(f"samples: {result['samples']} images in {result['sample_dir']}")
+        _plain(f"samples: {result['samples']} images in {result['sample_dir']}")
         s = result["summary"]
         out.print(
             f"ingested {s['processed']} in {s['seconds']}s ({s['images_per_second']} img/s), "
@@ -665,7 +802,7 @@ def demo(
         )
         table = Table("duplicate", "original", "score", "stage")
         for p in result["pairs"]:
-            table.add_row(p["duplicate"], p["original"], f"{p['score']:.3f}", p["stage"])
+            table.add_row(cell(p["duplicate"]), cell(p["original"]), f"{p['score']:.3f}", cell(p["stage"]))
         out.print(table)
         e = result["evaluation"]
         out.print(
@@ -677,11 +814,11 @@ def demo(
             why = ", ".join(
                 f"{k} {v}" for k, v in sorted(s.get("reasons", {}).items(), key=lambda kv: -kv[1])
             )
-            out.print(
+            _plain(
                 f"moderation: {m.get('pass', 0)} pass, {m.get('review', 0)} review, "
                 f"{m.get('violate', 0)} violate" + (f" ({why}); `imgaudit explain ID` says why" * bool(why))
             )
-        out.print(f"report: {result['report']}")
+        _plain(f"report: {result['report']}")
 
 
 @worker_app.command("run")
@@ -715,7 +852,7 @@ def worker_run(
         if as_json:
             _emit({"event": "worker_stopped", **worker.status()})
         else:
-            out.print(
+            _plain(
                 f"worker {name} stopped: {stats.processed} processed, {stats.duplicates} duplicates, "
                 f"{stats.failed} failed"
             )
@@ -776,10 +913,10 @@ def status(
             "processed_at",
         ):
             if d.get(k) is not None:
-                out.print(f"{k:>14}: {d[k]}")
+                _plain(f"{k:>14}: {d[k]}")
         table = Table("at", "event", "worker", "detail")
         for h in history:
-            table.add_row(str(h["at"]), str(h["event"]), str(h["worker"] or ""), str(h["detail"] or ""))
+            table.add_row(str(h["at"]), cell(h["event"]), cell(h["worker"]), cell(h["detail"]))
         out.print(table)
 
 

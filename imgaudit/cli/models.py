@@ -1,8 +1,9 @@
-"""``imgaudit train`` and ``imgaudit models list|promote|rollback``: classifier heads from labelled folders.
+"""``imgaudit train``, ``imgaudit models list|promote|rollback`` (classifier heads from labelled folders) and
+``imgaudit models prepare`` (the one-time model files).
 
 ``cli/main.py`` registers them (``app.command("train")(train_command)``, ``app.add_typer(models_app,
 name="models")``). Like ``daemon.py`` this module takes main's helpers late (main imports it), and goes
-through ``imgaudit.bootstrap`` and ``imgaudit.services.training`` only.
+through ``imgaudit.bootstrap``, ``imgaudit.services.training`` and ``imgaudit.services.prepare`` only.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
+from imgaudit.cli.app import App
+from imgaudit.cli.output import cell, clean
+
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True, dir_okay=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout, for scripts.")]
 
-models_app = typer.Typer(help="Saved classifier heads: list, promote, roll back.", no_args_is_help=True)
+models_app = App(
+    help="One-time model files (prepare); saved classifier heads (list, promote, rollback).",
+    no_args_is_help=True,
+)
 
 PHASES = {"embed": "decode + embed", "decode": "decode", "finetune": "fine-tune"}
 
@@ -70,12 +77,16 @@ def _print_metrics(result: dict[str, Any]) -> None:
     m = result["metrics"]
     table = Table("class", "precision", "recall", "F1", "support", title="held-out evaluation")
     for cls, row in m["per_class"].items():
-        table.add_row(cls, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"]))
+        table.add_row(
+            cell(cls), _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"])
+        )
     out.print(table)
-    labels = m["confusion"]["labels"]
-    confusion = Table("true \\ predicted", *labels, title="confusion matrix")
+    labels = m["confusion"]["labels"]  # class folder names: never parsed as markup, even as headers
+    confusion = Table(
+        "true \\ predicted", *(Column(header=cell(label)) for label in labels), title="confusion matrix"
+    )
     for cls, row in zip(labels, m["confusion"]["matrix"], strict=True):
-        confusion.add_row(cls, *(str(v) for v in row))
+        confusion.add_row(cell(cls), *(str(v) for v in row))
     out.print(confusion)
     out.print(
         f"accuracy {_fmt(m['accuracy'])}, ROC-AUC {_fmt(m['roc_auc'])} ({m['roc_auc_of']}), "
@@ -141,20 +152,24 @@ def train_command(
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(data["skipped"].items()))
             examples = ", ".join([e for ex in data["skipped_examples"].values() for e in ex][:3])
             console.print(
-                f"warning: skipped {sum(data['skipped'].values())} files ({reasons}), e.g. {examples}",
+                clean(f"warning: skipped {sum(data['skipped'].values())} files ({reasons}), e.g. {examples}"),
                 markup=False,
             )
         if data["outside_class_folders"]:
             console.print(
-                f"warning: ignored {data['outside_class_folders']} files directly in {dataset_dir} "
-                "(images belong in a class folder)",
+                clean(
+                    f"warning: ignored {data['outside_class_folders']} files directly in {dataset_dir} "
+                    "(images belong in a class folder)"
+                ),
                 markup=False,
             )
         ds = data["dataset"]
         per_class = ", ".join(f"{k} {v}" for k, v in ds["per_class"].items())
         out.print(
-            f"{data['model']} ({data['kind']}): {ds['images']} images ({per_class}); trained on "
-            f"{ds['split']['train']}, evaluated on {ds['split']['held_out']} held out",
+            clean(
+                f"{data['model']} ({data['kind']}): {ds['images']} images ({per_class}); trained on "
+                f"{ds['split']['train']}, evaluated on {ds['split']['held_out']} held out"
+            ),
             markup=False,
         )
         _print_metrics(data)
@@ -171,15 +186,17 @@ def train_command(
                 "class as a violation; name the clean class e.g. 'normal', or set moderation.pass_classes",
                 markup=False,
             )
-        out.print(f"saved {data['model']} in {data['path']}", markup=False)
+        out.print(clean(f"saved {data['model']} in {data['path']}"), markup=False)
         if data["promoted"]:
             out.print(
-                f"{data['model']} is now active; running workers switch within "
-                f"{settings.moderation.reload_every:g}s",
+                clean(
+                    f"{data['model']} is now active; running workers switch within "
+                    f"{settings.moderation.reload_every:g}s"
+                ),
                 markup=False,
             )
         else:
-            out.print(f"not active yet: imgaudit models promote {data['model']}", markup=False)
+            out.print(clean(f"not active yet: imgaudit models promote {data['model']}"), markup=False)
 
 
 @models_app.command("list")
@@ -201,13 +218,13 @@ def list_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         table = Table("", *fixed, "classes", "train/test", "accuracy", "ROC-AUC", "Brier", "created (UTC)")
         for r in rows:
             if "error" in r:
-                table.add_row("", r["model"], "?", r["error"], "", "", "", "", "")
+                table.add_row("", cell(r["model"]), "?", cell(r["error"]), "", "", "", "", "")
                 continue
             table.add_row(
                 "*" if r["active"] else "",
-                r["model"],
-                str(r["kind"]),
-                ", ".join(r["classes"] or []),
+                cell(r["model"]),
+                cell(r["kind"]),
+                cell(", ".join(r["classes"] or [])),
                 f"{r['train']}/{r['held_out']}",
                 _fmt(r["accuracy"]),
                 _fmt(r["roc_auc"]),
@@ -229,11 +246,13 @@ def _switch(
         if as_json:
             cli._emit({"event": verb, **result})
         elif not result["changed"]:
-            cli.out.print(f"{result['active']} is already active", markup=False)
+            cli.out.print(clean(f"{result['active']} is already active"), markup=False)
         else:
             cli.out.print(
-                f"{result['active']} is now active (was {result['previous'] or 'none'}); running workers "
-                f"switch within {settings.moderation.reload_every:g}s",
+                clean(
+                    f"{result['active']} is now active (was {result['previous'] or 'none'}); running "
+                    f"workers switch within {settings.moderation.reload_every:g}s"
+                ),
                 markup=False,
             )
 
@@ -256,3 +275,30 @@ def rollback_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None
     from imgaudit.services.training import rollback
 
     _switch("rollback", rollback, config, as_json)
+
+
+@models_app.command("prepare")
+def prepare_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Build the one-time model files now: the visual encoder's ONNX export and search's label space.
+
+    Minutes the first time, with a progress bar; instant once they exist (it then changes nothing)."""
+    from imgaudit.services.prepare import prepare
+
+    cli = _cli()
+    with cli._errors():
+        settings = cli._settings(config)
+        with cli.step_progress(as_json) as progress:
+            steps = prepare(settings, progress)
+        if as_json:
+            for step in steps:
+                cli._emit({"event": "prepare", **step.as_dict()})
+            return
+        for step in steps:
+            what = PREPARED[step.step]
+            done = f"built in {step.seconds:.1f}s" if step.built else "ready"
+            cli.out.print(clean(f"{what}: {done} ({step.path or 'in memory, no cache_dir'})"), markup=False)
+        if not any(step.built for step in steps):
+            cli.out.print("everything is ready; nothing to do", markup=False)
+
+
+PREPARED = {"visual_model": "visual encoder (ONNX)", "label_space": "search label space"}

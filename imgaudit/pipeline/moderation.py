@@ -19,7 +19,7 @@ import numpy as np
 
 from imgaudit.config import Settings
 from imgaudit.errors import ImgauditError, MediaError
-from imgaudit.media.decode import decode
+from imgaudit.media.sandbox import DecodePool
 from imgaudit.models.classifier import ClassifierHub
 from imgaudit.models.nsfw import NsfwScorer
 from imgaudit.models.ocr import OcrEngine
@@ -65,6 +65,7 @@ class Moderator:
         rules: TextRules,
         classifiers: ClassifierHub | None,
         pool: ThreadPoolExecutor,
+        decoder: DecodePool,
     ) -> None:
         self.settings = settings
         self.cfg = settings.moderation
@@ -73,6 +74,7 @@ class Moderator:
         self.rules = rules
         self.classifiers = classifiers if self.cfg.classifier else None
         self.pool = pool
+        self.decoder = decoder  # the pipeline's: larger decodes get the same deadline and memory cap
 
     def _larger(self, s: Subject) -> tuple[np.ndarray, float]:
         """A decode at OCR size (or the analysis pixels when the image is no larger), and its scale."""
@@ -80,7 +82,7 @@ class Moderator:
         if max(d.width, d.height) <= max(d.pixels.shape[:2]):
             return d.pixels, d.width / d.pixels.shape[1]
         try:
-            big = decode(s.data, max_pixels=self.settings.decode.max_pixels, max_side=self.cfg.ocr_read_side)
+            big = self.decoder.decode(s.data, max_side=self.cfg.ocr_read_side)
         except MediaError:  # it decoded once; keep what we have rather than fail the image
             return d.pixels, d.width / d.pixels.shape[1]
         return big.pixels, d.width / big.pixels.shape[1]

@@ -73,8 +73,10 @@ def decide(lookups: Lookups, verify: Verifier, cfg: DedupSettings) -> Verdict:
             )
     band = [(c, s) for c, s in lookups.neighbours if cfg.embed_verify <= s < cfg.embed_duplicate]
     first_rejected: Verification | None = None
+    failed = 0  # verifications that could not run: decided without them, and the evidence says so
     for cand, cos in band[: cfg.verify_candidates]:
         v = verify(cand)
+        failed += v.error is not None
         detail = {
             "cosine": round(cos, 6),
             "inliers": v.inliers,
@@ -91,6 +93,8 @@ def decide(lookups: Lookups, verify: Verifier, cfg: DedupSettings) -> Verdict:
         detail = {"nearest": cand, "cosine": round(cos, 6)}
         if first_rejected is not None:
             detail.update(inliers=first_rejected.inliers, agreement=round(first_rejected.agreement, 4))
+        if failed:
+            detail["verification_failed"] = failed
         return Verdict(Decision.UNIQUE, Stage.NONE, round(cos, 6), None, detail)
     return Verdict(Decision.UNIQUE, Stage.NONE, None, None)
 

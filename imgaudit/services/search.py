@@ -36,7 +36,7 @@ from imgaudit.index.text_index import ANALYZER_VERSION, TextDoc, TextFilters, Te
 from imgaudit.models.text import TextEncoder
 from imgaudit.policy.fusion import paginate, rrf
 from imgaudit.services.dedup import DedupService
-from imgaudit.signals.semantic import LabelSpace, attribute_text, class_names
+from imgaudit.signals.semantic import LabelSpace, TextSpace, attribute_text, class_names
 from imgaudit.store.repo import Facets, ItemRecord, Store, unpack_embedding
 from imgaudit.types import ImageRef
 
@@ -278,9 +278,13 @@ class SearchService:
     # -- following the store ---------------------------------------------------------------------------
 
     def labels_ready(self) -> bool:
-        """Whether the label space is already embedded and cached (the first build takes 1-2 minutes)."""
+        """Whether the label space is already embedded and cached (the first build takes 1-5 minutes)."""
         path = self.label_space.cache_path()
         return path is None or path.is_file()
+
+    def prepare_labels(self, progress: Callable[[int, int], None] | None = None) -> bool:
+        """Embed and cache the label space now, reporting (texts embedded, total); True if it was built."""
+        return build_label_space(self.label_space, progress)
 
     def pending(self) -> int:
         return max(0, self.store.last_search_seq() - self.seq)
@@ -498,6 +502,51 @@ class SearchService:
                     if j >= 0 and j != row_id and s >= threshold
                 ]
         return pairs
+
+
+class _CountingEncoder:
+    """A text encoder that reports how many texts it has embedded, for the label space's progress bar.
+
+    Texts go to the real encoder in slices of whole engine batches, so the vectors are the ones a single
+    call would give (every batch is the same) and the cache key (name, dim) is unchanged.
+    """
+
+    def __init__(self, encoder: TextSpace, progress: Callable[[int, int], None] | None) -> None:
+        self.encoder = encoder
+        self.progress = progress
+        self.step = max(1, int(getattr(encoder, "batch_size", 64))) * 4
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def passages(self, texts: Sequence[str]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(texts), self.step):
+            parts.append(self.encoder.passages(texts[start : start + self.step]))
+            if self.progress:
+                self.progress(min(start + self.step, len(texts)), len(texts))
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+
+def build_label_space(labels: LabelSpace, progress: Callable[[int, int], None] | None = None) -> bool:
+    """Embed the label space into its cache file unless it is there already; True if it was built now.
+
+    The first build embeds several thousand label prompts (about a minute on an idle machine, several
+    on a loaded one), which is why ``imgaudit models prepare`` and ``search`` call this with a progress
+    bar instead of letting the first query do it silently. Without a cache directory there is nothing
+    to prepare: the label space is then built in memory on first use.
+    """
+    path = labels.cache_path()
+    if path is None or path.is_file():
+        return False
+    # A second LabelSpace over the same encoder writes the same cache file; ``labels`` reads it on use.
+    LabelSpace(_CountingEncoder(labels.encoder, progress), labels.cache_dir, labels.config)._load()
+    return True
 
 
 def image_ref(path_or_url: str) -> ImageRef:

@@ -58,3 +58,11 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database failing (gone, locked, refused) rather than the data in hand:
+    such a failure is no item's fault, so the batch goes back to the queue untouched."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, SQLAlchemyError | ConnectionError)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
@@ -36,6 +38,7 @@ from imgaudit.types import (
 )
 
 RETRY_BACKOFF_SECONDS = 30.0
+KEY_MAX = 255  # images.external_key is VARCHAR(255)
 DEDUP_LOCK_KEY = 0x1A6A0D17  # PostgreSQL advisory lock serialising dedup decisions across workers
 
 
@@ -47,10 +50,43 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """The items one claimer holds and has not finished or given back."""
+
+    worker: str
+    items: int
+    until: datetime  # the latest of their leases
+
+
+class Enqueued(tuple[int, int]):
+    """``(added, skipped)``, so callers unpacking two numbers keep working, plus the entries recorded as
+    failed at once (``refusals``: reason -> count): these are in neither number."""
+
+    refusals: Counter[str]
+
+    def __new__(cls, added: int, skipped: int, refusals: Counter[str] | None = None) -> Enqueued:
+        self = super().__new__(cls, (added, skipped))
+        self.refusals = Counter(refusals or {})
+        return self
+
+    @property
+    def added(self) -> int:
+        return self[0]
+
+    @property
+    def skipped(self) -> int:
+        return self[1]
+
+    @property
+    def refused(self) -> int:
+        return sum(self.refusals.values())
+
+
+@dataclass(frozen=True, slots=True)
 class ItemRecord:
     id: int
     source: str
-    uri: str
+    uri: str  # as stored: a path that is not valid UTF-8 is a ``file:`` URI (see ``stored_uri``)
     kind: str
     external_key: str | None
     status: str
@@ -141,7 +177,53 @@ class IndexChange:
 
 
 def uri_hash(uri: str) -> str:
-    return hashlib.sha256(uri.encode("utf-8")).hexdigest()
+    """The item's identity. A path holding surrogate escapes (a file name that is not valid UTF-8) hashes
+    as its real bytes, and every other string as its UTF-8, as always, so existing stores still match."""
+    try:
+        raw = uri.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no file name decodes to: any injective form will do
+        raw = uri.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()
+
+
+RAW_PATH_PREFIX = "file:"
+"""Marks a stored path written as a ``file:`` URI with ``%XX`` escapes (see ``stored_uri``)."""
+
+
+def stored_uri(uri: str, kind: str) -> str:
+    """The text the store keeps for ``uri``: itself, except a path that is not valid UTF-8 (or that starts
+    with ``file:``), which becomes ``file:`` + the path with each undecodable byte as ``%XX`` and ``%`` as
+    ``%25``: no database text column holds surrogate escapes, and ``real_uri`` gives the exact path back.
+    Any other string that cannot be stored is returned unchanged (``_storable`` says no)."""
+    if kind != "path" or (_storable(uri) and not uri.startswith(RAW_PATH_PREFIX)):
+        return uri
+    out = []
+    for ch in uri:
+        if ch == "%":
+            out.append("%25")
+        elif "\udc80" <= ch <= "\udcff":  # os.fsdecode's escape of the byte ch - 0xdc00
+            out.append(f"%{ord(ch) - 0xDC00:02X}")
+        else:
+            out.append(ch)
+    return RAW_PATH_PREFIX + "".join(out)
+
+
+def real_uri(stored: str, kind: str) -> str:
+    """The inverse of ``stored_uri``: the path to open (with surrogate escapes where it is not UTF-8)."""
+    if kind == "path" and stored.startswith(RAW_PATH_PREFIX):
+        return unquote_to_bytes(stored[len(RAW_PATH_PREFIX) :]).decode("utf-8", "surrogateescape")
+    return stored
+
+
+def _storable(text_: str) -> bool:
+    """Whether a database text column takes ``text_`` as it is (no NUL, no lone surrogate)."""
+    if "\x00" in text_:
+        return False
+    try:
+        text_.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def pack_embedding(v: np.ndarray) -> bytes:
@@ -153,8 +235,10 @@ def unpack_embedding(b: bytes) -> np.ndarray:
 
 
 class Store(Protocol):
-    def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]: ...
+    def enqueue(self, refs: Iterable[ImageRef], source: str) -> Enqueued: ...
     def claim(self, worker: str, limit: int, lease_seconds: int) -> list[Claimed]: ...
+    def leases(self) -> list[Lease]: ...
+    def expire_leases(self, workers: Sequence[str]) -> int: ...
     def decision_lock(self) -> contextlib.AbstractContextManager[DecisionTx]: ...
     def finish(
         self,
@@ -247,6 +331,8 @@ class _ExternalMixin:
         """An item by id (digits), external key, or path/URL."""
         with self._session() as s:
             conds = [ImageRow.external_key == key, ImageRow.uri_hash == uri_hash(key)]
+            if key.startswith(RAW_PATH_PREFIX):  # a path as stored (and printed) when it is not UTF-8
+                conds.append(ImageRow.uri_hash == uri_hash(real_uri(key, "path")))
             if key.isdigit():
                 conds.insert(0, ImageRow.id == int(key))
             row = s.scalars(select(ImageRow).where(or_(*conds)).order_by(ImageRow.id).limit(1)).first()
@@ -280,43 +366,48 @@ class SqlStore(_ExternalMixin):
 
     # -- queue -----------------------------------------------------------------------------------------
 
-    def enqueue(self, refs: Iterable[ImageRef], source: str) -> tuple[int, int]:
-        """Add new items; items already known (same URI) are skipped, which makes ingest resumable."""
+    def enqueue(self, refs: Iterable[ImageRef], source: str) -> Enqueued:
+        """Add new items; items already known (same URI) are skipped, which makes ingest resumable.
+
+        An entry its source refused (``ref.error_reason``), or one the database cannot hold (a NUL, a
+        lone surrogate in a URL or key), is recorded at once as a permanent failure of its own, with its
+        reason, so one bad entry never costs the others and ``status`` shows it like any failure."""
         added = skipped = 0
+        refusals: Counter[str] = Counter()
         chunk: list[ImageRef] = []
 
         def flush() -> None:
             nonlocal added, skipped
-            # External rows are identified by their key (two rows may share an image URL).
-            hashes = {
-                uri_hash(f"key:{source}:{r.external_key}" if r.kind == "key" else r.uri): r for r in chunk
-            }
             now = utcnow()
-            rows = [
-                dict(
-                    source=source,
-                    kind=r.kind,
-                    uri=r.uri,
-                    uri_hash=h,
-                    external_key=r.external_key,
-                    status=Status.QUEUED,
-                    attempts=0,
-                    available_at=now,
-                    created_at=now,
-                    updated_at=now,
-                    indexed=0,
-                    caption=_printable(r.caption)[:20_000] if r.caption else None,
-                    meta=_json_safe(r.meta) if r.meta else None,
-                )
-                for h, r in hashes.items()
-            ]
+            # External rows are identified by their key (two rows may share an image URL).
+            rows = {row["uri_hash"]: row for row in (_enqueue_row(r, source, now) for r in chunk)}
             # INSERT ... ON CONFLICT DO NOTHING: concurrent enqueues of the same items (two feeders, a
             # re-run while a worker feeds) skip what the other inserted instead of failing the chunk.
-            stmt = self._insert(ImageRow).values(rows).on_conflict_do_nothing(index_elements=["uri_hash"])
+            stmt = (
+                self._insert(ImageRow)
+                .values(list(rows.values()))
+                .on_conflict_do_nothing(index_elements=["uri_hash"])
+                .returning(ImageRow.id, ImageRow.error_reason, ImageRow.last_error)
+            )
             with self._session() as s, s.begin():
-                new = len(s.execute(stmt.returning(ImageRow.id)).all())
-            added += new
-            skipped += len(chunk) - new
+                new = s.execute(stmt).all()
+                failed = [r for r in new if r.error_reason is not None]
+                if failed:
+                    s.execute(
+                        insert(EventRow),
+                        [
+                            {
+                                "image_id": r.id,
+                                "at": now,
+                                "event": Status.FAILED_PERMANENT.value,
+                                "detail": f"refused at enqueue: {r.error_reason}: {r.last_error}",
+                            }
+                            for r in failed
+                        ],
+                    )
+            refusals.update(r.error_reason for r in failed)
+            added += len(new) - len(failed)
+            skipped += len(chunk) - len(new)
             chunk.clear()
 
         for ref in refs:
@@ -325,7 +416,7 @@ class SqlStore(_ExternalMixin):
                 flush()
         if chunk:
             flush()
-        return added, skipped
+        return Enqueued(added, skipped, refusals)
 
     def claim(self, worker: str, limit: int, lease_seconds: int) -> list[Claimed]:
         now = utcnow()
@@ -355,7 +446,58 @@ class SqlStore(_ExternalMixin):
                         detail=f"attempt {row.attempts}",
                     )
                 )
-            return [Claimed(r.id, ImageRef(r.uri, r.kind, r.external_key), r.attempts) for r in rows]
+            return [
+                Claimed(r.id, ImageRef(real_uri(r.uri, r.kind), r.kind, r.external_key), r.attempts)
+                for r in rows
+            ]
+
+    def leases(self) -> list[Lease]:
+        """Who holds items right now (unexpired leases), with how many and until when."""
+        now = utcnow()
+        with self._session() as s:
+            rows = s.execute(
+                select(ImageRow.claimed_by, func.count(), func.max(ImageRow.lease_until))
+                .where(
+                    ImageRow.status == Status.PROCESSING,
+                    ImageRow.claimed_by.is_not(None),
+                    ImageRow.lease_until >= now,
+                )
+                .group_by(ImageRow.claimed_by)
+                .order_by(ImageRow.claimed_by)
+            ).all()
+        return [Lease(w, int(n), until) for w, n, until in rows]
+
+    def expire_leases(self, workers: Sequence[str]) -> int:
+        """End now the leases of ``workers`` (processes known to be gone), so the next claim takes their
+        items instead of waiting out the lease. As after an expiry, the interrupted attempt counts: an
+        image that kills its process still runs out of attempts."""
+        if not workers:
+            return 0
+        now = utcnow()
+        held = and_(ImageRow.status == Status.PROCESSING, ImageRow.claimed_by.in_(list(workers)))
+        with self._session() as s, s.begin():
+            rows = s.execute(select(ImageRow.id, ImageRow.claimed_by).where(held).with_for_update()).all()
+            if not rows:
+                return 0
+            s.execute(
+                update(ImageRow)
+                .where(held, ImageRow.id.in_([r.id for r in rows]))
+                .values(lease_until=now, updated_at=now)
+            )
+            s.execute(
+                insert(EventRow),
+                [
+                    {
+                        "image_id": r.id,
+                        "at": now,
+                        "event": "claimer_gone",
+                        "worker": r.claimed_by,
+                        "detail": "the claiming process no longer runs; lease ended early",
+                    }
+                    for r in rows
+                ],
+            )
+            return len(rows)
 
     @contextmanager
     def decision_lock(self) -> Iterator[DecisionTx]:
@@ -422,11 +564,14 @@ class SqlStore(_ExternalMixin):
             return res.rowcount or 0
 
     def requeue_failed(self, permanent: bool = False) -> int:
+        """Queue failed items again. Entries refused at enqueue (the only failures with no attempt) stay:
+        trying them cannot succeed, and would read an ``outside_root`` link's target after all; an ingest
+        rerun with the cause fixed (``fetch.cdn_base``, ``sources.follow_symlinks``) adds them anew."""
         statuses = [Status.FAILED_RETRYABLE] + ([Status.FAILED_PERMANENT] if permanent else [])
         with self._session() as s, s.begin():
             res = s.execute(
                 update(ImageRow)
-                .where(ImageRow.status.in_(statuses))
+                .where(ImageRow.status.in_(statuses), ImageRow.attempts > 0)
                 .values(status=Status.QUEUED, attempts=0, available_at=utcnow(), updated_at=utcnow())
             )
             return res.rowcount or 0
@@ -825,8 +970,49 @@ class DecisionTx:
 
 
 def _printable(text_: str) -> str:
-    """PostgreSQL text cannot hold NUL; an error message quoting binary data must not fail the batch."""
-    return text_.replace("\x00", "\\x00")
+    """PostgreSQL text cannot hold NUL, and no database text holds a lone surrogate (a file name that is
+    not UTF-8, quoted in an error message or a caption): both are escaped (``\\x00``, ``\\xff``) so
+    that one odd value cannot fail a batch."""
+    text_ = text_.replace("\x00", "\\x00")
+    if _storable(text_):
+        return text_
+    try:
+        raw = text_.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text_.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _enqueue_row(r: ImageRef, source: str, now: datetime) -> dict[str, object]:
+    """The images row of a new entry: queued, or failed at once when refused or not storable."""
+    identity = f"key:{source}:{r.external_key}" if r.kind == "key" else r.uri
+    uri = stored_uri(r.uri, r.kind)
+    reason, message = r.error_reason, r.error_message
+    # A key not stored exactly (cut, escaped) would name another business row, or none.
+    key_exact = r.external_key is None or (_storable(r.external_key) and len(r.external_key) <= KEY_MAX)
+    if reason is None and not _storable(uri):
+        reason, message = "bad_uri", f"cannot be stored as text (NUL or invalid Unicode): {r.uri!r}"
+    elif reason is None and not key_exact:
+        reason, message = "bad_key", f"external key longer than {KEY_MAX} or not text: {r.external_key!r}"
+    return dict(
+        source=source,
+        kind=r.kind,
+        uri=uri if _storable(uri) else _printable(uri),
+        uri_hash=uri_hash(identity),
+        external_key=_printable(r.external_key)[:KEY_MAX] if r.external_key is not None else None,
+        status=Status.QUEUED if reason is None else Status.FAILED_PERMANENT,
+        attempts=0,
+        error_reason=reason[:64] if reason else None,
+        last_error=_printable(message or reason or "")[:2000] if reason else None,
+        available_at=now,
+        created_at=now,
+        updated_at=now,
+        processed_at=now if reason else None,
+        writeback="pending" if reason and r.kind == "key" and key_exact else None,  # its on_failure
+        indexed=0,
+        caption=_printable(r.caption)[:20_000] if r.caption else None,
+        meta=_json_safe(r.meta) if r.meta else None,
+    )
 
 
 def _json_safe(value: object) -> object:
@@ -838,7 +1024,7 @@ def _json_safe(value: object) -> object:
     if isinstance(value, str):
         return _printable(value)
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {_printable(str(k)): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value

@@ -1,0 +1,119 @@
+"""A batch holds a bounded number of image bytes, and decodes each image as soon as its bytes are in."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgaudit.bootstrap import dedup_service
+from imgaudit.config import Settings
+from imgaudit.pipeline import batch as batch_module
+from imgaudit.sources.files import FolderSource
+from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.types import ImageRef
+
+
+def _noise_png(path: Path, seed: int, side: int = 600) -> int:
+    """Incompressible pixels: a PNG of about 3 * side**2 bytes."""
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return path.stat().st_size
+
+
+def test_items_past_the_byte_budget_wait_for_the_next_batch_without_losing_an_attempt(
+    settings: Settings, tmp_path: Path, fake_encoder
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    sizes = [_noise_png(folder / f"n{i}.png", i) for i in range(6)]
+    settings.decode.batch_max_bytes = int(max(sizes) * 2.5)  # two files fit, the third does not
+    batches: list[int] = []
+    with dedup_service(settings, fake_encoder) as svc:
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        summary = svc.process_queue(
+            batch_size=6, progress=lambda n, report: batches.append(len(report.deferred))
+        )
+        counts = svc.store.counts()
+        attempts = {svc.store.get(i).attempts for i in range(1, 7)}
+    assert summary.processed == 6 and summary.failed == 0
+    assert counts["status"] == {"done": 6}
+    assert batches[0] == 4, batches  # 6 claimed, 2 admitted
+    assert len(batches) >= 3
+    assert attempts == {1}, "a deferral must not count as an attempt"
+
+
+def test_one_file_larger_than_the_whole_budget_still_gets_through(
+    settings: Settings, tmp_path: Path, fake_encoder
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    size = _noise_png(folder / "big.png", 1, side=700)
+    settings.decode.batch_max_bytes = size // 2
+    with dedup_service(settings, fake_encoder) as svc:
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        svc.process_queue(batch_size=4)
+        assert svc.store.counts()["status"] == {"done": 1}
+
+
+class _Slow(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    body = b""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if self.path.startswith("/slow"):
+            for i in range(0, len(self.body), len(self.body) // 8):
+                self.wfile.write(self.body[i : i + len(self.body) // 8])
+                self.wfile.flush()
+                time.sleep(0.25)
+        else:
+            self.wfile.write(self.body)
+
+
+@pytest.fixture
+def slow_server() -> Iterator[str]:
+    _Slow.body = jpeg_bytes(textured_image(3, (320, 240)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_decoding_starts_as_each_download_finishes(
+    settings: Settings, fake_encoder, slow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.fetch.allowed_hosts = ["127.0.0.1/32"]
+    decoded_at: dict[int, float] = {}
+    real = batch_module.Pipeline._decode_one
+
+    def record(self, data, budget=None):
+        result = real(self, data, budget)
+        decoded_at[len(decoded_at)] = time.monotonic()
+        return result
+
+    monkeypatch.setattr(batch_module.Pipeline, "_decode_one", record)
+    refs = [ImageRef(f"{slow_server}/slow.jpg", "url")] + [
+        ImageRef(f"{slow_server}/fast{i}.jpg", "url") for i in range(4)
+    ]
+    with dedup_service(settings, fake_encoder) as svc:
+        start = time.monotonic()
+        items = svc.pipeline.load_decoded(refs, defaultdict(float))
+        took = time.monotonic() - start
+    assert all(a.error is None for a in items), [a.error for a in items]
+    assert took >= 1.5  # the slow one trickled for about 2 s
+    first_four = sorted(decoded_at.values())[:4]
+    assert max(first_four) - start < 1.0, "the fast images waited for the slow one before decoding"
