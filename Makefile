@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt
 	$(PIP) install -q --require-hashes --no-deps -r requirements/lock.txt
 	$(PIP) install -q --require-hashes --no-deps -r requirements/nodeps.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(BIN)/imgaudit models prepare
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -208,7 +208,7 @@ def test_ingest_folder_json(ingested: Ingested) -> None:
     assert row["errors"] == {"corrupt": 1, "not_an_image": 1}
     assert sum(row["duplicate_stages"].values()) == N_COPIES
     assert row["duplicate_stages"]["exact_bytes"] == 1  # the byte-identical copy
-    assert set(row["timings"]) >= {"decode+hash", "embed", "verify", "decide+store"}
+    assert set(row["timings"]) >= {"load+decode+hash", "embed", "verify", "decide+store"}
     assert row["seconds"] > 0 and row["images_per_second"] > 0
     # --json: no progress bar anywhere, and nothing but the JSON line on stdout
     assert "img/s" not in ingested.first.stderr and "━" not in ingested.first.stderr
@@ -485,14 +485,14 @@ def test_url_list_to_loopback_is_refused_without_allow_private(server: Server, t
 
 
 @pytest.mark.model
-def test_relative_urls_without_cdn_base_are_refused_up_front(server: Server, tmp_path: Path) -> None:
-    """Current behaviour: one relative line and no fetch.cdn_base refuses the whole list, cleanly."""
+def test_relative_urls_without_cdn_base_are_refused_line_by_line(server: Server, tmp_path: Path) -> None:
+    """Each relative line without fetch.cdn_base is its own recorded failure; the absolute ones proceed."""
     data = tmp_path / "data"
     urls = url_list(tmp_path / "urls.txt", server.base)
-    run = cli("ingest", urls, "--json", data_dir=data, cwd=tmp_path, expect=1)
-    assert run.stdout == ""
-    assert "cdn_base" in json_error(run.stderr)["message"]
-    assert stats_of(data)["total"] == 0
+    run = cli("enqueue", urls, "--json", data_dir=data, cwd=tmp_path)
+    (row,) = json_lines(run.stdout)
+    assert row["enqueued"] == 4 and row["refusals"] == {"relative_url": 4}
+    assert stats_of(data)["total"] == 8
 
 
 # -- configuration ---------------------------------------------------------------------------------------

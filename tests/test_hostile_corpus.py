@@ -175,7 +175,7 @@ read_timeout = {TOTAL_TIMEOUT_S}
 connect_timeout = 1.0
 retries = 1
 backoff = 0.05
-max_bytes = 8388608
+max_bytes = 16777216
 """
     )
     e = {k: v for k, v in os.environ.items() if not k.startswith("IMGAUDIT_")}
@@ -219,6 +219,7 @@ def test_hostile_urls_each_end_as_a_recorded_reason(
     listing = tmp_path / "urls.txt"
     listing.write_text("\n".join(cases) + "\n")
     rc, peak, seconds, stderr = _run_measured(["ingest", str(listing), "--json"], env, URL_BUDGET_S * 2)
+    print(f"hostile URLs: {len(cases)} cases in {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MiB")
     assert rc == 0, stderr
     assert seconds < URL_BUDGET_S, f"{seconds:.0f} s"
     assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"
@@ -240,6 +241,7 @@ def test_hostile_files_each_end_as_a_recorded_reason(env: dict[str, str], tmp_pa
     folder.mkdir()
     expected = hostile.write_file_corpus(folder)
     rc, peak, seconds, stderr = _run_measured(["ingest", str(folder), "--json"], env, FOLDER_BUDGET_S * 2)
+    print(f"hostile files: {len(expected)} cases in {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MiB")
     assert rc == 0, stderr
     assert seconds < FOLDER_BUDGET_S, f"{seconds:.0f} s"
     assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"

@@ -183,23 +183,34 @@ def ingest(
 
     with _errors():
         settings = _settings(config)
-        source = source_for(target, settings.fetch.cdn_base)
+        source = source_for(target, settings.fetch.cdn_base, follow_symlinks=settings.sources.follow_symlinks)
         with _service(settings) as svc:
-            added, known = svc.enqueue(source.refs(), source.name)
+            enqueued = svc.enqueue(source.refs(), source.name)
+            added, known = enqueued
             pending = svc.store.counts()["status"]
             todo = sum(pending.get(s, 0) for s in ("queued", "processing", "failed_retryable"))
             if not as_json:
                 console.print(f"queued {added} new, {known} already known; {todo} to process")
+                _print_refusals(getattr(enqueued, "refusals", {}))
             summary = _with_progress(
                 todo,
                 "ingest",
                 lambda step: svc.process_queue(lambda n, _r: step(n), batch_size=batch_size),
                 as_json,
             )
-            summary.enqueued, summary.skipped_known = added, known
+            summary.count_enqueue(enqueued)
         if as_json:
             _emit({"event": "ingest", **summary.as_dict()})
         else:
+            if summary.reclaimed:
+                console.print(f"took back {summary.reclaimed} items claimed by an ingest that had died")
+            if summary.still_leased:
+                until = summary.leased_until.isoformat(timespec="seconds") if summary.leased_until else "?"
+                console.print(
+                    f"{summary.still_leased} items are still leased by another process (until {until}); "
+                    "they are processed when it finishes or its lease runs out",
+                    markup=False,
+                )
             out.print(
                 f"processed {summary.processed} in {summary.seconds:.1f}s "
                 f"({summary.images_per_second:.1f} img/s): {summary.duplicates} duplicates, "
@@ -239,13 +250,33 @@ def enqueue(
 
     with _errors():
         settings = _settings(config)
-        source = source_for(target, settings.fetch.cdn_base)
+        source = source_for(target, settings.fetch.cdn_base, follow_symlinks=settings.sources.follow_symlinks)
         with open_store(settings) as store:
-            added, known = store.enqueue(source.refs(), source.name)
+            enqueued = store.enqueue(source.refs(), source.name)
+        added, known = enqueued
+        refusals = dict(getattr(enqueued, "refusals", {}))
         if as_json:
-            _emit({"event": "enqueue", "enqueued": added, "skipped_known": known})
+            _emit(
+                {
+                    "event": "enqueue",
+                    "enqueued": added,
+                    "skipped_known": known,
+                    "refused": sum(refusals.values()),
+                    "refusals": refusals,
+                }
+            )
         else:
             out.print(f"queued {added} new, {known} already known")
+            _print_refusals(refusals)
+
+
+def _print_refusals(refusals: dict[str, int]) -> None:
+    """Entries of the folder or list that became failed items at once (each with its reason)."""
+    if refusals:
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(refusals.items()))
+        console.print(
+            clean(f"refused {sum(refusals.values())} entries ({detail}); see imgaudit stats"), markup=False
+        )
 
 
 MODERATION_COLOUR = {"pass": "green", "review": "yellow", "violate": "red"}

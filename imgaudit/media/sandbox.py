@@ -13,17 +13,19 @@ Workers are fresh interpreters (``python -c``), not ``multiprocessing`` children
 ``__main__``; fork would copy the loaded models. A worker imports only ``imgaudit.media.decode`` (Pillow,
 numpy), starts lazily on first use (~0.3 s) and serves requests until the pool closes.
 
-Protocol on the worker's stdin/stdout: each message is a pickled header (8-byte length prefix) followed by
+Protocol on the worker's stdin/stdout: each message is a JSON header (8-byte length prefix) followed by
 one raw blob (8-byte length prefix): the image bytes going in, the RGB pixels coming out, so neither is
-pickled (pickling a 1600 px decode would copy 7 MB twice more).
+serialised (pickling a 1600 px decode would copy 7 MB twice more). The header is JSON, never pickle: the
+worker handles hostile bytes, so nothing it sends back may be able to run code in the parent, and its
+reply is checked (shape against the pixel bytes) before use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
-import pickle
 import select
 import signal
 import struct
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 _LEN = struct.Struct("<Q")
 _CHUNK = 1 << 20
 _PIPE_BYTES = 1 << 20
+_MAX_HEADER = 1 << 16  # a reply header is a few dozen bytes
+_MAX_REPLY_BYTES = 1 << 30  # RGB pixels of the largest decode anyone asks for (max_side is at most a few k)
 _BOOT = "import imgaudit.media.sandbox as s; s._serve()"
 _START_TIMEOUT = 30.0  # seconds for a worker to import and answer its first ping (cold disk caches)
 # Environment for workers: one thread per math library (decoding uses none), so a worker's address space
@@ -111,16 +115,22 @@ class _Worker:
         self, header: tuple[Any, ...], blob: bytes, deadline: float
     ) -> tuple[tuple[Any, ...], bytearray]:
         """Send one request and wait until ``deadline`` (monotonic) for the answer."""
-        head = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL)
+        head = json.dumps(header).encode()
         try:
             self._in.write(_LEN.pack(len(head)) + head + _LEN.pack(len(blob)))
             self._in.write(blob)
             self._in.flush()
         except (OSError, ValueError) as exc:  # BrokenPipeError: it had died before this request
             raise _Dead(before=True) from exc
-        reply = pickle.loads(self._read(_LEN.unpack(self._read(_LEN.size, deadline))[0], deadline))
-        data = self._read(_LEN.unpack(self._read(_LEN.size, deadline))[0], deadline)
+        reply = _parse_reply(self._read(self._length(_MAX_HEADER, deadline), deadline))
+        data = self._read(self._length(_MAX_REPLY_BYTES, deadline), deadline)
         return reply, data
+
+    def _length(self, limit: int, deadline: float) -> int:
+        n = int(_LEN.unpack(self._read(_LEN.size, deadline))[0])
+        if n > limit:  # the worker is not to be believed: it may have been subverted by the image
+            raise DecodeCrashed(f"the decode worker announced {n} bytes")
+        return n
 
     def _read(self, n: int, deadline: float) -> bytearray:
         buf = bytearray(n)
@@ -203,9 +213,17 @@ class DecodePool:
         reply, pixels = self._call(("decode", *limits), bytes(data), self.settings.timeout_seconds)
         if reply[0] == "error":
             raise _error_class(reply[1])(reply[2])
-        _, shape, width, height, fmt, sha256 = reply
-        array = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
-        return Decoded(pixels=array, width=width, height=height, format=fmt, sha256=sha256)
+        try:
+            _, shape, width, height, fmt, sha256 = reply
+            h, w, c = (int(x) for x in shape)
+            if c != 3 or h * w * c != len(pixels):
+                raise ValueError(f"shape {shape} for {len(pixels)} bytes")
+            array = np.frombuffer(pixels, dtype=np.uint8).reshape(h, w, c)
+            return Decoded(
+                pixels=array, width=int(width), height=int(height), format=str(fmt), sha256=str(sha256)
+            )
+        except (TypeError, ValueError) as exc:
+            raise DecodeCrashed(f"the decode worker sent a malformed answer: {exc}") from exc
 
     def _call(
         self, header: tuple[Any, ...], blob: bytes, timeout: float
@@ -355,12 +373,22 @@ def _serve() -> None:
         blob = _read_exact(inp, _LEN.unpack(raw)[0]) if raw is not None else None
         if head is None or blob is None:
             return  # the parent closed the pipe (or died): exit
-        header = pickle.loads(head)
+        header = tuple(json.loads(head))
         reply, pixels = _handle(header, blob)
-        head = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        head = json.dumps(reply).encode()
         out.write(_LEN.pack(len(head)) + head + _LEN.pack(len(pixels)))
         out.write(pixels)
         out.flush()
+
+
+def _parse_reply(raw: bytes | bytearray) -> tuple[Any, ...]:
+    try:
+        reply = json.loads(raw)
+    except ValueError as exc:
+        raise DecodeCrashed("the decode worker sent a malformed answer") from exc
+    if not isinstance(reply, list) or not reply or reply[0] not in ("ok", "error"):
+        raise DecodeCrashed("the decode worker sent a malformed answer")
+    return tuple(reply)
 
 
 def _handle(header: tuple[Any, ...], blob: bytes) -> tuple[tuple[Any, ...], bytes | memoryview]:

@@ -94,6 +94,7 @@ class WorkerService:
         self.dedup = dedup
         self.store = dedup.store
         self.external = external
+        self._reclaimed = False
 
     @property
     def worker_id(self) -> str:
@@ -127,6 +128,9 @@ class WorkerService:
         """Feed, claim one batch, process it, write back. An empty ``claimed`` means idle."""
         t = time.perf_counter()
         report = StepReport()
+        if not self._reclaimed:  # once per process: a killed predecessor's items need not wait out its lease
+            self._reclaimed = True
+            self.dedup.reclaim_dead_leases()
         try:
             report.fed = self.feed()
         except ExternalUnavailable as exc:  # keep working on what is already queued
