@@ -1,6 +1,6 @@
 """Peak memory of ``imgaudit ingest``, decode workers included: large files and hostile URLs, in one run.
 
-    python bench/memory.py                      # 40 files of ~29 MB, then the URL mix (~5-8 minutes)
+    python bench/memory.py                      # 40 files of ~29 MB, then the URL mix (~5 minutes)
     python bench/memory.py --files 10 --urls 10 # quicker
     python bench/memory.py --no-thread --no-urls
 
@@ -353,7 +353,7 @@ def _mib(n: int) -> str:
 
 
 def _outcome(r: Run) -> str:
-    done = sum(v for k, v in r.statuses.items() if k == "done")
+    done = r.statuses.get("done", 0)
     failed = sum(v for k, v in r.statuses.items() if k.startswith("failed"))
     other = sum(r.statuses.values()) - done - failed
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(Counter(x[1] for x in r.rows.values() if x[1]).items()))

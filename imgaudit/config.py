@@ -59,6 +59,12 @@ class FetchSettings(_Group):
         0.5, ge=0, description="Base of the exponential back-off between attempts, seconds."
     )
     max_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Refuse bodies larger than this.")
+    straggler_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Once all but a tenth of a batch's downloads have ended, the rest get this long, then "
+        "are cut off as slow_server and retried later (on an item's last attempt: the whole total_timeout).",
+    )
     max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed; each target is checked.")
     cdn_base: str = Field("", description="Prefix joined to relative image URLs (cdn_base + image_url).")
     allow_private: bool = Field(

@@ -46,6 +46,12 @@ class FetchTimeout(FetchError):
     reason = "timeout"
 
 
+class SlowServer(FetchTimeout):
+    """The download was still running well after the rest of its batch had ended."""
+
+    reason = "slow_server"  # retryable: on the item's last attempt it gets the whole total_timeout
+
+
 class HTTPStatusError(FetchError):
     """The server answered with an error status."""
 

@@ -117,3 +117,30 @@ def test_decoding_starts_as_each_download_finishes(
     assert took >= 1.5  # the slow one trickled for about 2 s
     first_four = sorted(decoded_at.values())[:4]
     assert max(first_four) - start < 1.0, "the fast images waited for the slow one before decoding"
+
+
+@pytest.mark.parametrize("last_attempt", [False, True])
+def test_a_slow_server_holds_up_only_its_own_item(
+    settings: Settings, fake_encoder, slow_server: str, last_attempt: bool
+) -> None:
+    """Stragglers are cut off a little after the rest of the batch (and retried), except on their last
+    attempt, when they get the whole total_timeout."""
+    settings.fetch.allowed_hosts = ["127.0.0.1/32"]
+    settings.fetch.straggler_seconds = 0.3
+    settings.max_attempts = 1 if last_attempt else 3
+    refs = [ImageRef(f"{slow_server}/slow.jpg", "url")] + [
+        ImageRef(f"{slow_server}/fast{i}.jpg", "url") for i in range(5)
+    ]
+    with dedup_service(settings, fake_encoder) as svc:
+        svc.enqueue(refs, "urls")
+        start = time.monotonic()
+        svc.process_queue(batch_size=8)
+        took = time.monotonic() - start
+        slow = svc.store.find_by_uri(refs[0].uri)
+        counts = svc.store.counts()
+    if last_attempt:
+        assert slow.status == "done" and took >= 1.5
+    else:
+        assert took < 1.5, f"the batch waited {took:.1f} s for its slow server"
+        assert (slow.status, slow.error_reason) == ("failed_retryable", "slow_server")
+        assert counts["status"]["done"] == 5

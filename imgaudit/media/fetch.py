@@ -19,7 +19,7 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,6 +38,7 @@ from imgaudit.errors import (
     MediaError,
     NotAnImage,
     OverBudget,
+    SlowServer,
     TLSFailed,
     TooLarge,
 )
@@ -391,29 +392,43 @@ class Fetcher:
         urls: Sequence[str],
         on_result: Callable[[int, bytes | MediaError], None] | None = None,
         budget: ByteBudget | None = None,
+        *,
+        patience: float | None = None,
+        patient: Collection[int] = (),
     ) -> list[bytes | MediaError]:
         """Fetch ``urls`` concurrently; results in input order, each failure as its exception object.
 
-        At most ``concurrency`` workers exist however long the list is, and no failure escapes, so one bad
-        URL never sinks the batch. ``on_result(index, result)`` is called on the event loop as soon as each
-        download ends, so a caller can start decoding while slow servers still trickle; it must return
-        quickly (hand real work to a thread), and an exception from it cancels the batch. ``budget`` bounds
-        the bytes held in flight: see ByteBudget; items refused by it come back as OverBudget.
+        At most ``concurrency`` downloads run at once however long the list is, and no failure escapes, so
+        one bad URL never sinks the batch. ``on_result(index, result)`` is called on the event loop as soon
+        as each download ends, so a caller can start decoding while slow servers still trickle; it must
+        return quickly (hand real work to a thread), and an exception from it cancels the batch. ``budget``
+        bounds the bytes held in flight: see ByteBudget; items refused by it come back as OverBudget.
+
+        ``patience``: once all but a few stragglers (a tenth of the list, at least one) have ended, they get
+        this many seconds more and are then cut off as SlowServer, so a slow server holds up only its own
+        item, not the batch; indexes in ``patient`` (an item's last attempt) are never cut.
         """
         results: list[bytes | MediaError | None] = [None] * len(urls)
-        pending = iter(range(len(urls)))
 
-        async def worker() -> None:
-            for index in pending:  # shared iterator: each index is taken by exactly one worker
-                result = await self._fetch_captured(urls[index], budget)
-                results[index] = result
-                if on_result is not None:
-                    on_result(index, result)
+        async def one(index: int) -> None:
+            result = await self._fetch_captured(urls[index], budget)
+            results[index] = result
+            if on_result is not None:
+                on_result(index, result)
 
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(self.settings.concurrency, len(urls))):
-                group.create_task(worker())
-        return [r if r is not None else FetchError("not attempted") for r in results]
+            tasks = {i: group.create_task(one(i)) for i in range(len(urls))}
+            if patience is not None and len(urls) > 1:
+                group.create_task(_cut_stragglers(tasks, patience, frozenset(patient)))
+        cut = SlowServer(f"still downloading {patience} s after the rest of its batch; tried again later")
+        out: list[bytes | MediaError] = []
+        for i, r in enumerate(results):
+            if r is None and tasks[i].cancelled():
+                r = cut
+                if on_result is not None:
+                    on_result(i, r)
+            out.append(r if r is not None else FetchError("not attempted"))
+        return out
 
     async def _fetch_captured(self, url: str, budget: ByteBudget | None) -> bytes | MediaError:
         try:
@@ -565,3 +580,21 @@ def _cert_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+async def _cut_stragglers(
+    tasks: dict[int, asyncio.Task[None]], patience: float, patient: frozenset[int]
+) -> None:
+    """Wait until only stragglers are left, give them ``patience`` seconds, then cancel the impatient ones."""
+    few = max(1, len(tasks) // 10)
+    while True:
+        running = [t for t in tasks.values() if not t.done()]
+        if not running:
+            return
+        if len(running) <= few and len(running) < len(tasks):
+            break
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(running, timeout=patience)
+    for i, t in tasks.items():
+        if not t.done() and i not in patient:
+            t.cancel()

@@ -379,6 +379,7 @@ def _serve() -> None:
         out.write(_LEN.pack(len(head)) + head + _LEN.pack(len(pixels)))
         out.write(pixels)
         out.flush()
+        del head, blob, header, reply, pixels  # an idle worker must not hold the last image (~3x its bytes)
 
 
 def _parse_reply(raw: bytes | bytearray) -> tuple[Any, ...]:

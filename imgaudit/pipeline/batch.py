@@ -12,10 +12,14 @@ by image so that only the image that breaks it fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -66,6 +70,18 @@ class BatchReport:
     lost: list[int] = field(default_factory=list)  # leases that expired and went to another worker
     deferred: list[int] = field(default_factory=list)  # over the batch's byte budget: queued again
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap a batch freed back to the system (glibc keeps it otherwise: image buffers of tens of
+    MB fall under its adaptive mmap threshold), so a long-running worker's memory stays flat."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        _libc().malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 R = TypeVar("R")
@@ -144,13 +160,19 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def load_decoded(self, refs: Sequence[ImageRef], timings: dict[str, float]) -> list[Analysed]:
+    def load_decoded(
+        self, refs: Sequence[ImageRef], timings: dict[str, float], patient: Collection[int] | None = None
+    ) -> list[Analysed]:
         """Each reference read or downloaded, then decoded and hashed; failures are returned in place.
 
         Decoding starts as soon as each image's bytes are in (a slow server holds up only its own item),
         and the bytes the batch holds at once are bounded by ``decode.batch_max_bytes``: past it an item
         ends as OverBudget, to be queued again without losing an attempt. The bytes stay reserved while
         the batch keeps them (moderation decodes text images larger from them), until ``release_bytes``.
+
+        With ``patient`` (the indexes of items on their last attempt), downloads still running
+        ``fetch.straggler_seconds`` after the rest of the batch are cut off as SlowServer (retried later)
+        so that one slow server holds up only its own item; None waits for every download.
         """
         t = time.perf_counter()
         budget = ByteBudget(self.settings.decode.batch_max_bytes)
@@ -169,7 +191,11 @@ class Pipeline:
             async def fetch_all() -> None:
                 async with Fetcher(self.settings.fetch) as fetcher:
                     await fetcher.fetch_many(
-                        [u for _, u in urls], on_result=lambda k, res: start(urls[k][0], res), budget=budget
+                        [u for _, u in urls],
+                        on_result=lambda k, res: start(urls[k][0], res),
+                        budget=budget,
+                        patience=self.settings.fetch.straggler_seconds if patient is not None else None,
+                        patient=[k for k, (i, _) in enumerate(urls) if patient is not None and i in patient],
                     )
 
             asyncio.run(fetch_all())
@@ -223,9 +249,11 @@ class Pipeline:
             ),
         )
 
-    def analyse(self, refs: Sequence[ImageRef], timings: dict[str, float]) -> list[Analysed]:
+    def analyse(
+        self, refs: Sequence[ImageRef], timings: dict[str, float], patient: Collection[int] | None = None
+    ) -> list[Analysed]:
         """Every stage before the decision: load, decode and hash, embed, moderate, enrich."""
-        items = self.load_decoded(refs, timings)
+        items = self.load_decoded(refs, timings, patient)
         ok = [a for a in items if a.decoded is not None and a.signals is not None]
         if ok:
             t = time.perf_counter()
@@ -437,7 +465,8 @@ class Pipeline:
         """
         report = BatchReport()
         cfg = self.settings.dedup
-        analysed = self.analyse([c.ref for c in claimed], report.timings)
+        last = {i for i, c in enumerate(claimed) if c.attempts >= self.settings.max_attempts}
+        analysed = self.analyse([c.ref for c in claimed], report.timings, patient=last)
         self.release_bytes(analysed)
         ok: list[tuple[Claimed, Analysed]] = []
         for item, a in zip(claimed, analysed, strict=True):
@@ -546,6 +575,7 @@ class Pipeline:
             report.completions = [c for c in report.completions if c.id not in lost]
             report.failures = [f for f in report.failures if f.id not in lost]
         report.timings["decide+store"] += time.perf_counter() - t
+        _return_freed_memory()
         return report
 
     def check(self, refs: Sequence[ImageRef]) -> list[tuple[Verdict | None, Analysed]]:

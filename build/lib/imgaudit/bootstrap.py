@@ -1,0 +1,187 @@
+"""The composition root: the only module that picks concrete backends from the settings."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import cache, partial
+
+from imgaudit.config import Settings
+from imgaudit.errors import StoreError
+from imgaudit.index.catalog import new_indexes
+from imgaudit.index.text_index import TantivyTextIndex
+from imgaudit.media.sandbox import DecodePool
+from imgaudit.models.classifier import ClassifierHub
+from imgaudit.models.clip import ClipEncoder, ImageTextEncoder
+from imgaudit.models.nsfw import NsfwScorer
+from imgaudit.models.ocr import OcrEngine
+from imgaudit.models.remote import RemoteCaptioner, RemoteEmbedder
+from imgaudit.models.text import E5TextEncoder
+from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
+from imgaudit.pipeline import Moderator, Pipeline
+from imgaudit.services.dedup import DedupService, open_indexes
+from imgaudit.services.search import SearchService
+from imgaudit.services.worker import WorkerService
+from imgaudit.signals.semantic import LabelSpace
+from imgaudit.signals.text_risk import TextRules
+from imgaudit.store.repo import SqlStore, Store
+from imgaudit.store.thumbs import ThumbStore
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[Store]:
+    """The configured store, closed afterwards (commands that need no model or index)."""
+    store = SqlStore(settings.store_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def build_encoder(settings: Settings) -> VisualEncoder:
+    return VisualEncoder.from_cache(
+        settings.cache_dir,
+        threads=settings.models.threads,
+        input_size=settings.models.input_size,
+        batch_size=settings.models.batch_size,
+    )
+
+
+@cache
+def _ocr_engine(threads: int, min_score: float) -> OcrEngine:
+    """One per process: the models load on first use and stay loaded for every later service."""
+    return OcrEngine(threads=threads, min_score=min_score)
+
+
+@cache
+def _nsfw_scorer(threads: int, batch_size: int) -> NsfwScorer:
+    return NsfwScorer.bundled(threads=threads, batch_size=batch_size)
+
+
+def build_moderator(
+    settings: Settings, encoder: VisualEncoder, pool: ThreadPoolExecutor, decoder: DecodePool
+) -> Moderator | None:
+    """The moderation stage with its models (each loaded on first use, then kept) and text rules."""
+    cfg = settings.moderation
+    if not cfg.enabled:
+        return None
+    threads = settings.models.threads
+    return Moderator(
+        settings,
+        ocr=_ocr_engine(threads, cfg.ocr_min_score) if cfg.ocr else None,
+        nsfw=_nsfw_scorer(threads, settings.models.batch_size) if cfg.nsfw else None,
+        rules=TextRules.load(cfg.rules, cfg.words),
+        classifiers=ClassifierHub(
+            settings.data_dir / "classifiers",
+            reload_every=cfg.reload_every,
+            encoder_id=descriptor_id(encoder),
+        )
+        if cfg.classifier
+        else None,
+        pool=pool,
+        decoder=decoder,
+    )
+
+
+@contextmanager
+def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[DedupService]:
+    """Everything dedup needs, wired, reconciled with the store, and closed afterwards."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(settings.store_url)
+    encoder = encoder or build_encoder(settings)
+    descriptor = descriptor_id(encoder)
+    factory = partial(
+        new_indexes,
+        settings.index.backend,
+        DESCRIPTOR_DIM,
+        exact_below=settings.index.exact_below,
+        nprobe=settings.index.nprobe,
+    )
+    indexes, seq = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
+    thumbs = ThumbStore(settings.data_dir / "thumbs")
+    pool = ThreadPoolExecutor(2, thread_name_prefix="moderate")
+    decoder = DecodePool(settings.decode)
+    pipeline = Pipeline(
+        settings,
+        store,
+        indexes,
+        encoder,
+        thumbs,
+        build_moderator(settings, encoder, pool, decoder),
+        decoder=decoder,
+        image_text=build_image_text(settings),
+        captioner=RemoteCaptioner.from_settings(settings.remote.captioner)
+        if settings.remote.captioner.enabled
+        else None,
+    )
+    pipeline.synced_seq = seq
+    service = DedupService(
+        settings, store, indexes, pipeline, thumbs, settings.data_dir / "index", descriptor, factory
+    )
+    try:
+        service.reconcile()
+        yield service
+    finally:
+        pipeline.close()
+        pool.shutdown(wait=False)
+        decoder.close()
+        store.close()
+
+
+@contextmanager
+def worker_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[WorkerService]:
+    """The dedup service plus the external business table when one is configured."""
+    external = None
+    if settings.external.url:
+        from imgaudit.sources.table import ExternalTable
+
+        external = ExternalTable(settings.external, cdn_base=settings.fetch.cdn_base)
+    with dedup_service(settings, encoder) as dedup:
+        try:
+            yield WorkerService(settings, dedup, external)
+        finally:
+            if external is not None:
+                external.close()
+
+
+def build_image_text(settings: Settings) -> ImageTextEncoder | None:
+    """The image-text model whose vectors join search, when one is configured: a local CLIP / Chinese-CLIP
+    pair, else a remote multimodal embedding endpoint, else none."""
+    if settings.clip.enabled:
+        return _clip(settings.clip.model_dump_json(), settings.models.threads)
+    if settings.remote.embedder.enabled:
+        return RemoteEmbedder.from_settings(settings.remote.embedder)
+    return None
+
+
+@cache
+def _clip(group_json: str, threads: int) -> ClipEncoder:
+    from imgaudit.config import ClipSettings
+
+    return ClipEncoder.from_settings(ClipSettings.model_validate_json(group_json), threads=threads)
+
+
+@cache
+def _text_encoder(threads: int) -> E5TextEncoder:
+    return E5TextEncoder(threads=threads)
+
+
+@contextmanager
+def search_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[SearchService]:
+    """Search over the store, with the dedup service behind it for image queries and groups; the
+    search indexes are caught up with the store before it is handed out."""
+    text = _text_encoder(settings.models.threads)
+    labels = LabelSpace(text, settings.cache_dir)
+    with dedup_service(settings, encoder) as dedup:
+        path = settings.data_dir / "search" / "bm25"
+        try:
+            index = TantivyTextIndex(path)
+        except StoreError:  # built by another analyzer version: it is rebuilt from the store
+            shutil.rmtree(path)
+            index = TantivyTextIndex(path)
+        try:
+            yield SearchService(settings, dedup.store, text, labels, index, dedup, dedup.pipeline.image_text)
+        finally:
+            index.close()

@@ -1,0 +1,1 @@
+"""Indexes: a brute-force reference and FAISS implementations behind the same interfaces."""

