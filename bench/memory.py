@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imgaudit.testing_memory import process_tree, rss_of
+
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 NO_BUDGET = 64 * 1024 * MiB  # 64 GiB: decode.batch_max_bytes as good as unlimited
@@ -60,44 +62,6 @@ BATCH_SIZE = 64
 
 
 # -- measuring a process tree -----------------------------------------------------------------------------
-
-
-def _children_map() -> dict[int, list[int]]:
-    """Every process's children, from /proc/*/stat (no /proc/PID/task/*/children on every kernel)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # ended meanwhile
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _tree(root: int) -> list[int]:
-    children = _children_map()
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
-
-
-def _rss(pid: int) -> int:
-    """VmRSS in bytes; 0 for a process that ended (or a zombie, which has none)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class TreeSampler(threading.Thread):
@@ -116,8 +80,8 @@ class TreeSampler(threading.Thread):
     def run(self) -> None:
         root, start = self.proc.pid, time.monotonic()
         while not self.done.is_set():
-            pids = _tree(root)
-            rss = {pid: _rss(pid) for pid in pids}
+            pids = process_tree(root)
+            rss = {pid: rss_of(pid) for pid in pids}
             main = rss.get(root, 0)
             workers = sum(rss.values()) - main
             self.samples += 1

@@ -24,6 +24,38 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection a test opens goes to this machine (127.0.0.0/8 or ::1): a guard that let a
+    redirect, a fake DNS answer or a URL's userinfo through would fail the test instead of reaching out."""
+    import ipaddress
+    import socket
+
+    def check(sock: socket.socket, address: object) -> None:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
+            return
+        host = str(address[0]).split("%", 1)[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise ConnectionRefusedError(f"tests connect only to loopback, not {host}")
+
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(sock: socket.socket, address: object) -> None:
+        check(sock, address)
+        return real_connect(sock, address)  # type: ignore[arg-type]
+
+    def connect_ex(sock: socket.socket, address: object) -> int:
+        check(sock, address)
+        return real_connect_ex(sock, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return load_settings(data_dir=tmp_path / "data", database_url=database_url)

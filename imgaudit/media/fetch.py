@@ -345,7 +345,20 @@ class Fetcher:
             follow_redirects=False,  # followed by hand so that every hop passes the SSRF guard
             trust_env=False,  # no proxy from the environment: the guard must see the real destination
             transport=_PinnedTransport(backend, limits),
+            event_hooks={"response": [self._check_location]},
         )
+
+    async def _check_location(self, response: httpx.Response) -> None:
+        """A redirect's target passes the resolver-free checks before httpx parses it: httpx rejects some
+        numeric spellings of internal addresses (``0177.0.0.2``) as a protocol error, which would be
+        recorded as a retryable fetch failure instead of the refusal it is."""
+        location = response.headers.get("location")
+        if response.status_code in _REDIRECT_STATUSES and location:
+            precheck(
+                urljoin(str(response.request.url), location.strip()),
+                allow_private=self.settings.allow_private,
+                allowed_hosts=self.settings.allowed_hosts,
+            )
 
     async def __aenter__(self) -> Self:
         return self
@@ -359,13 +372,16 @@ class Fetcher:
         """Close the connection pool."""
         await self._client.aclose()
 
-    async def fetch(self, url: str, *, budget: ByteBudget | None = None) -> bytes:
+    async def fetch(
+        self, url: str, *, budget: ByteBudget | None = None, failures: list[MediaError] | None = None
+    ) -> bytes:
         """The image bytes at ``url`` (joined to ``cdn_base`` when relative); raises a MediaError subclass.
 
         Retryable failures are tried again up to ``retries`` times after ``backoff * 2**attempt`` seconds
         (or the server's Retry-After, capped at MAX_RETRY_AFTER, when longer); OverBudget is not, since only
         releasing bytes can cure it. A concurrency slot is held only while an attempt runs. With ``budget``
         the body's bytes stay reserved on success (see ByteBudget) and are given back on any failure.
+        Each retried failure is appended to ``failures``, so a caller that gives up says why.
         """
         target = join_url(self.settings.cdn_base, url)
         attempt = 0
@@ -380,6 +396,8 @@ class Fetcher:
                 if not exc.retryable or isinstance(exc, OverBudget) or attempt >= self.settings.retries:
                     raise
                 delay = self._retry_delay(exc, attempt)
+                if failures is not None:
+                    failures.append(exc)
             except BaseException:  # cancelled or a bug: the bytes must not stay reserved
                 if reservation is not None:
                     reservation.shrink_to(0)
@@ -409,9 +427,10 @@ class Fetcher:
         item, not the batch; indexes in ``patient`` (an item's last attempt) are never cut.
         """
         results: list[bytes | MediaError | None] = [None] * len(urls)
+        failures: list[list[MediaError]] = [[] for _ in urls]
 
         async def one(index: int) -> None:
-            result = await self._fetch_captured(urls[index], budget)
+            result = await self._fetch_captured(urls[index], budget, failures[index])
             results[index] = result
             if on_result is not None:
                 on_result(index, result)
@@ -420,19 +439,27 @@ class Fetcher:
             tasks = {i: group.create_task(one(i)) for i in range(len(urls))}
             if patience is not None and len(urls) > 1:
                 group.create_task(_cut_stragglers(tasks, patience, frozenset(patient)))
-        cut = SlowServer(f"still downloading {patience} s after the rest of its batch; tried again later")
         out: list[bytes | MediaError] = []
         for i, r in enumerate(results):
             if r is None and tasks[i].cancelled():
-                r = cut
+                # Cut while waiting to retry: the failure it was retrying says more than "slow".
+                r = (
+                    failures[i][-1]
+                    if failures[i]
+                    else SlowServer(
+                        f"still downloading {patience} s after the rest of its batch; tried again later"
+                    )
+                )
                 if on_result is not None:
                     on_result(i, r)
             out.append(r if r is not None else FetchError("not attempted"))
         return out
 
-    async def _fetch_captured(self, url: str, budget: ByteBudget | None) -> bytes | MediaError:
+    async def _fetch_captured(
+        self, url: str, budget: ByteBudget | None, failures: list[MediaError] | None = None
+    ) -> bytes | MediaError:
         try:
-            return await self.fetch(url, budget=budget)
+            return await self.fetch(url, budget=budget, failures=failures)
         except MediaError as exc:
             return exc
         except Exception as exc:  # a bug must not sink the batch; keep it visible as the cause

@@ -1,1 +1,0 @@
-"""Indexes: a brute-force reference and FAISS implementations behind the same interfaces."""

@@ -1,1 +1,0 @@
-"""Models: what a model means (pre/post-processing) apart from how it runs (``session``)."""

@@ -1,1 +1,0 @@
-"""Policy: turns signals and lookups into verdicts with reasons."""

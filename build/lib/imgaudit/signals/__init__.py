@@ -1,1 +1,0 @@
-"""Signals: pure functions of a decoded image."""

@@ -1,1 +1,0 @@
-"""Sources: where image references come from (folder, URL list; external tables later)."""

@@ -1,1 +1,0 @@
-"""The store: SQLAlchemy schema, the queue (claim / lease / complete) and migrations."""
