@@ -193,3 +193,53 @@ def check_invariants(settings, store: SqlStore) -> None:
     with dedup_service(settings) as svc:
         assert len(svc.indexes) == len(unique)
         assert all(i in svc.indexes.vectors for i in unique)
+
+
+@pytest.mark.model
+def test_a_rerun_after_a_killed_ingest_takes_its_items_back_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    """`imgaudit ingest` SIGKILLed with a batch claimed: the rerun must not wait out the 300 s lease
+    (it used to say "processed 0" without a word), and must say it took the items back."""
+    import json
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(48):
+        textured_image(20_000 + i, (240, 180)).save(folder / f"i{i:02d}.jpg", quality=85)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGAUDIT_")}
+    env.update(
+        IMGAUDIT_DATA_DIR=str(tmp_path / "data"),
+        IMGAUDIT_DATABASE_URL=database_url,
+        IMGAUDIT_MODERATION__OCR="false",
+        IMGAUDIT_MODERATION__NSFW="false",
+    )
+    args = [sys.executable, "-m", "imgaudit.cli", "ingest", str(folder), "--json", "--batch-size", "16"]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = SqlStore(load_settings(data_dir=tmp_path / "data", database_url=database_url).store_url)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            try:
+                status = store.counts()["status"]
+            except OperationalError:  # the schema is still being created
+                status = {}
+            if status.get("processing"):
+                break
+            assert first.poll() is None, "the first ingest ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the first ingest never claimed a batch")
+    finally:
+        first.kill()
+        first.wait()
+    assert store.counts()["status"].get("processing")  # leases left behind by the dead process
+    start = time.monotonic()
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240, check=False)
+    took = time.monotonic() - start
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    (summary,) = [json.loads(line) for line in rerun.stdout.splitlines()]
+    assert summary["reclaimed"] >= 1 and summary["still_leased"] == 0
+    assert store.counts()["status"] == {"done": 48}
+    assert took < 200, "the rerun waited for the dead ingest's lease"
+    store.close()

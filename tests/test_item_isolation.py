@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dbs import db_env
 from PIL import Image
 
 from imgaudit.bootstrap import dedup_service
@@ -35,17 +41,101 @@ def _ingest(settings: Settings, folder: Path, encoder: VisualEncoder, batch_size
     return summary, counts
 
 
-def test_tiny_images_do_not_break_their_batch(settings: Settings, tmp_path: Path, fake_encoder) -> None:
-    """Two 1x1 PNGs (and thin strips) used to raise from ORB and release the batch on every rerun."""
-    folder = _folder(tmp_path / "imgs", poison=0)
-    Image.new("RGB", (1, 1), (10, 20, 30)).save(folder / "a1.png")
-    Image.new("RGB", (1, 1), (10, 20, 31)).save(folder / "b1.png")
-    Image.new("RGB", (1, 800), (200, 20, 30)).save(folder / "strip800.png")
-    Image.new("RGB", (1, 200), (200, 20, 30)).save(folder / "strip200.png")
-    summary, counts = _ingest(settings, folder, fake_encoder)
-    assert summary.processed == 9
-    assert counts["status"].get("processing", 0) == 0 and counts["status"].get("queued", 0) == 0
-    assert counts["status"]["done"] + counts["status"].get("failed_permanent", 0) == 9
+# The issue's case: two 1x1 PNGs that differ by one level, and strips one pixel wide or high.
+TINY = {
+    "a1.png": ((1, 1), (10, 20, 30)),
+    "b1.png": ((1, 1), (10, 20, 31)),
+    "strip_v800.png": ((1, 800), (200, 20, 30)),
+    "strip_v200.png": ((1, 200), (200, 40, 30)),
+    "strip_h800.png": ((800, 1), (20, 200, 30)),
+    "strip_h200.png": ((200, 1), (40, 200, 30)),
+}
+
+
+def _tiny_images(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (size, colour) in TINY.items():
+        Image.new("RGB", size, colour).save(folder / name)
+    return folder
+
+
+def _kind(shape: tuple[int, ...]) -> str | None:
+    h, w = shape[:2]
+    return "1x1" if h == w == 1 else "1 wide" if w == 1 else "1 high" if h == 1 else None
+
+
+def test_tiny_images_do_not_break_their_batch(
+    settings: Settings, tmp_path: Path, fake_encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two 1x1 PNGs (and thin strips) used to raise from ORB and release the batch on every rerun.
+
+    Geometric verification is where they broke, so every pair is sent there: nothing is a duplicate
+    outright by descriptor (the fake encoder's cosines between these images stay below 0.9999, the two
+    1x1 images' is 0.9996), and pHash, which cannot be switched off (its distance is at least 0) and
+    finds all the flat images alike, is kept out by emptying the hash neighbours of every lookup."""
+    folder = _tiny_images(_folder(tmp_path / "imgs", poison=0))
+    n = 5 + len(TINY)
+    settings.dedup.embed_duplicate = 0.9999
+    settings.dedup.embed_verify = 0.0
+    real_lookups = batch_module.Pipeline.lookups
+
+    def lookups(self, *args, **kwargs):
+        return dataclasses.replace(real_lookups(self, *args, **kwargs), hash_neighbours=[])
+
+    monkeypatch.setattr(batch_module.Pipeline, "lookups", lookups)
+    real_verify = batch_module.local_features.verify
+    verified: list[str] = []
+
+    def verify(views, candidate, features=None, *args, **kwargs):
+        verified.extend(k for k in (_kind(np.shape(v)) for v in views) if k)
+        return real_verify(views, candidate, features, *args, **kwargs)
+
+    monkeypatch.setattr(batch_module.local_features, "verify", verify)
+    with dedup_service(settings, fake_encoder) as svc:
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        summary = svc.process_queue(batch_size=16)
+        counts = svc.store.counts()
+        tiny = [svc.store.find_by_uri(str((folder / name).resolve())) for name in TINY]
+    assert {"1x1", "1 wide", "1 high"} <= set(verified), f"not every tiny kind was verified: {verified}"
+    assert summary.processed == n and summary.failed == 0, summary.errors
+    assert counts["status"] == {"done": n}, counts
+    assert counts["decision"] == {"unique": n}, counts
+    for record in tiny:  # too small to verify is not a failed verification
+        assert record is not None and "verification_failed" not in (record.evidence or {}), record
+
+
+def _cli(*args: str | Path, data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The real ``imgaudit`` in a subprocess, on ``data_dir`` only (as in tests/test_cli.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGAUDIT_")}
+    env.update({**db_env(data_dir), "IMGAUDIT_DATA_DIR": str(data_dir)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgaudit.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    detail = f"imgaudit {' '.join(map(str, args))}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, detail
+    assert "Traceback" not in proc.stderr, detail
+    return proc
+
+
+@pytest.mark.model
+def test_tiny_images_through_the_real_worker(tmp_path: Path) -> None:
+    """The issue as reported: enqueue the folder, ``worker run --once`` with the real model; every image
+    ends done (or failed for a recorded reason), none is left queued or processing."""
+    folder = _tiny_images(tmp_path / "imgs")
+    data = tmp_path / "data"
+    _cli("enqueue", folder, "--json", data_dir=data, cwd=tmp_path)
+    _cli("worker", "run", "--once", "--json", data_dir=data, cwd=tmp_path)
+    stats = json.loads(_cli("stats", "--json", data_dir=data, cwd=tmp_path).stdout)
+    status, errors = stats["status"], stats["error"]
+    assert stats["total"] == len(TINY) and stats["queue_depth"] == 0, stats
+    assert set(status) <= {"done", "failed_permanent"}, status
+    assert status.get("done", 0) + status.get("failed_permanent", 0) == len(TINY), status
+    assert sum(errors.values()) == status.get("failed_permanent", 0), stats  # every failure has a reason
 
 
 def test_an_exception_in_one_images_step_fails_only_that_image(
@@ -82,6 +172,75 @@ def test_a_batched_model_call_that_raises_is_retried_image_by_image(
     _, counts = _ingest(settings, folder, encoder)
     assert counts["status"] == {"done": 5, "failed_permanent": 1}
     assert counts["error"] == {"internal_error": 1}
+
+
+def _cheap_moderation(settings: Settings) -> None:
+    """Moderation on, without the models that load on first use (OCR, NSFW); quality and codes stay."""
+    settings.moderation.enabled = True
+    settings.moderation.ocr = False
+    settings.moderation.nsfw = False
+
+
+def test_moderation_that_raises_for_one_image_fails_only_that_image(
+    settings: Settings, tmp_path: Path, fake_encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moderator runs on the whole batch; when that call raises, each image is moderated alone."""
+    _cheap_moderation(settings)
+    folder = _folder(tmp_path / "imgs")
+    calls: list[tuple[int, bool]] = []  # (subjects, poison among them)
+    with dedup_service(settings, fake_encoder) as svc:
+        moderator = svc.pipeline.moderator
+        assert moderator is not None, "moderation is off: the test proves nothing"
+        real_run = moderator.run
+
+        def run(subjects, timings):
+            poisoned = any(s.decoded.width == POISON_SIDE for s in subjects)
+            calls.append((len(subjects), poisoned))
+            if poisoned:
+                raise RuntimeError("moderation blew up")
+            return real_run(subjects, timings)
+
+        monkeypatch.setattr(moderator, "run", run)
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        svc.process_queue(batch_size=8)
+        counts = svc.store.counts()
+        poison = svc.store.find_by_uri(str((folder / "poison0.png").resolve()))
+    assert calls[0] == (6, True), calls  # the batch call, then one call per image
+    assert sorted(calls[1:]) == [(1, False)] * 5 + [(1, True)], calls
+    assert counts["status"] == {"done": 5, "failed_permanent": 1}
+    assert counts["error"] == {"internal_error": 1}
+    assert poison is not None and poison.error_reason == "internal_error", poison
+    assert (poison.last_error or "").startswith("moderation failed: RuntimeError"), poison.last_error
+    assert sum(counts["moderation"].values()) == 5, counts  # every other image has its verdict
+
+
+def test_optional_enrichments_that_raise_fail_no_image(
+    settings: Settings, tmp_path: Path, fake_encoder
+) -> None:
+    """A caption service (or image-text model) that raises leaves the batch without captions, not failed."""
+    _cheap_moderation(settings)
+    folder = _folder(tmp_path / "imgs", poison=0)
+    called: list[str] = []
+
+    class Broken:
+        def caption_many(self, images):
+            called.append("caption_many")
+            raise RuntimeError("caption service down")
+
+        def encode_images(self, images):
+            called.append("encode_images")
+            raise RuntimeError("image-text model broken")
+
+    with dedup_service(settings, fake_encoder) as svc:
+        svc.pipeline.captioner = svc.pipeline.image_text = Broken()  # type: ignore[assignment]
+        svc.enqueue(FolderSource(folder).refs(), "folder")
+        summary = svc.process_queue(batch_size=8)
+        counts = svc.store.counts()
+        records = [svc.store.get(i) for i in range(1, 6)]
+    assert summary.failed == 0 and counts["status"] == {"done": 5}, counts
+    assert sorted(called) == ["caption_many", "encode_images"], called
+    assert sum(counts["moderation"].values()) == 5, counts
+    assert all(r is not None and r.ai_caption is None and r.clip_embedding is None for r in records)
 
 
 def test_an_error_escaping_the_pipeline_is_isolated_by_halving_the_batch(
