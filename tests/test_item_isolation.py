@@ -306,3 +306,25 @@ def test_a_failing_verification_is_a_decision_without_it(
     assert counts["status"] == {"done": 2}
     assert counts["decision"] == {"unique": 2}
     assert evidence.get("verification_failed") == 1, evidence
+
+
+def test_a_value_the_database_refuses_fails_only_its_item(
+    settings: Settings, tmp_path: Path, fake_encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DataError while writing the batch is some item's doing: isolate it, do not release forever."""
+    from sqlalchemy.exc import DataError
+
+    from imgaudit.store import repo
+
+    folder = _folder(tmp_path / "imgs", n=4)
+    real_finish = repo.DecisionTx.finish
+
+    def finish(self, completions, failures, max_attempts, worker=None):
+        if any(c.width == POISON_SIDE for c in completions):
+            raise DataError("UPDATE images", {}, ValueError("value too long"))
+        return real_finish(self, completions, failures, max_attempts, worker)
+
+    monkeypatch.setattr(repo.DecisionTx, "finish", finish)
+    _, counts = _ingest(settings, folder, fake_encoder)
+    assert counts["status"] == {"done": 4, "failed_permanent": 1}
+    assert counts["error"] == {"internal_error": 1}

@@ -61,8 +61,11 @@ def migrate(engine: Engine) -> None:
 
 
 def is_store_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is the database failing (gone, locked, refused) rather than the data in hand:
-    such a failure is no item's fault, so the batch goes back to the queue untouched."""
-    from sqlalchemy.exc import SQLAlchemyError
+    """Whether ``exc`` is the database failing (gone, locked, refused, a bug in our SQL) rather than the
+    data in hand: such a failure is no item's fault, so the batch goes back to the queue untouched. A
+    value the database refuses (DataError, IntegrityError) is some item's doing."""
+    from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
+    if isinstance(exc, DataError | IntegrityError):
+        return False
     return isinstance(exc, SQLAlchemyError | ConnectionError)
