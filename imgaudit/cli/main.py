@@ -17,18 +17,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
 from imgaudit.cli.app import App, json_error, json_mode
-from imgaudit.cli.output import cell, clean, console, dumps, out, safe
+from imgaudit.cli.output import RATE, cell, clean, console, dumps, out, progress, safe
 from imgaudit.config import Settings, config_file_in_use, load_settings
 from imgaudit.errors import ImgauditError
 
@@ -116,14 +111,7 @@ def _service(settings: Settings):
 def _with_progress(total: int, label: str, fn: Callable[[Callable[[int], None]], T], quiet: bool) -> T:
     if quiet:
         return fn(lambda n: None)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with progress(RATE) as bar:
         task = bar.add_task(label, total=total, rate="")
 
         def step(n: int) -> None:
@@ -148,14 +136,7 @@ def step_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | Non
     if quiet:
         yield None
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with progress(TimeElapsedColumn()) as bar:
         tasks: dict[str, Any] = {}
 
         def update(step: str, done: int, total: int) -> None:
@@ -191,7 +172,7 @@ def ingest(
             todo = sum(pending.get(s, 0) for s in ("queued", "processing", "failed_retryable"))
             if not as_json:
                 console.print(f"queued {added} new, {known} already known; {todo} to process")
-                _print_refusals(getattr(enqueued, "refusals", {}))
+                _print_refusals(enqueued.refusals)
             summary = _with_progress(
                 todo,
                 "ingest",
@@ -254,7 +235,7 @@ def enqueue(
         with open_store(settings) as store:
             enqueued = store.enqueue(source.refs(), source.name)
         added, known = enqueued
-        refusals = dict(getattr(enqueued, "refusals", {}))
+        refusals = dict(enqueued.refusals)
         if as_json:
             _emit(
                 {
@@ -518,8 +499,8 @@ def search(
                         "embedding the label space once (1-5 minutes, cached afterwards; "
                         "`imgaudit models prepare` does it ahead of time)"
                     )
-                with step_progress(as_json) as progress:
-                    step = None if progress is None else lambda n, total: progress("label_space", n, total)
+                with step_progress(as_json) as update:
+                    step = None if update is None else lambda n, total: update("label_space", n, total)
                     svc.prepare_labels(step)
             pending = svc.pending()
             if pending:

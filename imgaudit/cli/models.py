@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
 from imgaudit.cli.app import App
-from imgaudit.cli.output import cell, clean
+from imgaudit.cli.output import RATE, cell, clean, progress
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True, dir_okay=False)
@@ -46,14 +45,7 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
     if quiet:
         yield None
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=_cli().console, transient=False) as bar:
+    with progress(RATE) as bar:
         tasks: dict[str, Any] = {}
 
         def step(phase: str, n: int, total: int) -> None:

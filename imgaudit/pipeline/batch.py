@@ -439,16 +439,18 @@ class Pipeline:
 
     @staticmethod
     def _keep_good(
-        ok: list[tuple[Claimed, Analysed]], results: Sequence[object], report: BatchReport
-    ) -> list[tuple[Claimed, Analysed]]:
-        """The items whose step succeeded; the others become the batch's failures."""
-        kept = []
-        for (item, a), result in zip(ok, results, strict=True):
-            if isinstance(result, ImgauditError):
-                report.failures.append(Failure(item.id, result))
+        ok: list[tuple[Claimed, Analysed]], results: Sequence[R | InternalError], report: BatchReport
+    ) -> tuple[list[tuple[Claimed, Analysed]], list[R]]:
+        """The items whose step succeeded, with their results; the others become the batch's failures."""
+        kept: list[tuple[Claimed, Analysed]] = []
+        values: list[R] = []
+        for pair, result in zip(ok, results, strict=True):
+            if isinstance(result, InternalError):
+                report.failures.append(Failure(pair[0].id, result))
             else:
-                kept.append((item, a))
-        return kept
+                kept.append(pair)
+                values.append(result)
+        return kept, values
 
     def decide_one(self, a: Analysed, batch_exact: dict[str, tuple[int, Stage]]) -> Verdict:
         assert a.signals is not None
@@ -485,11 +487,8 @@ class Pipeline:
         encoded = list(
             self._pool.map(lambda ia: _guard("thumbnail", ThumbStore.encode, ia[1].decoded.pixels), ok)
         )
-        ok = self._keep_good(ok, encoded, report)
-        thumbs = {
-            item.id: blob
-            for (item, _), blob in zip(ok, (e for e in encoded if isinstance(e, bytes)), strict=True)
-        }
+        ok, blobs = self._keep_good(ok, encoded, report)
+        thumbs = {item.id: blob for (item, _), blob in zip(ok, blobs, strict=True)}
         verifiers = {item.id: self.verifier(a, thumbs) for item, a in ok}
         early = [
             _guard(
@@ -500,12 +499,9 @@ class Pipeline:
             )
             for item, a in ok
         ]
-        ok = self._keep_good(ok, early, report)
-        settled = {  # already a duplicate of something indexed: nothing more to verify
-            item.id
-            for (item, _), v in zip(ok, (v for v in early if isinstance(v, Verdict)), strict=True)
-            if v.duplicate_of
-        }
+        ok, verdicts = self._keep_good(ok, early, report)
+        # Already a duplicate of something indexed: nothing more to verify.
+        settled = {item.id for (item, _), v in zip(ok, verdicts, strict=True) if v.duplicate_of}
         try:
             self._verify_within_batch(ok, verifiers, settled)
         except Exception:  # only a head start: the decisions below verify what is still needed

@@ -68,7 +68,7 @@ class IngestSummary:
     def count_enqueue(self, result: Enqueued) -> None:
         """Take the numbers of the enqueue that preceded the processing."""
         self.enqueued, self.skipped_known = result
-        self.refused = Counter(getattr(result, "refusals", {}))
+        self.refused = Counter(result.refusals)
 
     @property
     def images_per_second(self) -> float:
