@@ -129,6 +129,16 @@ class StoreError(ImgauditError):
     reason = "store"
 
 
+class StoreUnavailable(StoreError):
+    """The database is away (connection refused or lost, locked, timed out): retry later.
+
+    Raised by the store in place of the driver's error, so callers above the store never import
+    SQLAlchemy to tell an outage from a refusal."""
+
+    reason = "store_unavailable"
+    retryable = True
+
+
 class NotFound(ImgauditError):
     """No such item."""
 
