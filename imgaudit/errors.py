@@ -139,6 +139,13 @@ class StoreUnavailable(StoreError):
     retryable = True
 
 
+class InvalidRequest(ImgauditError):
+    """The caller asked for something malformed or contradictory (a bad filter, an unknown option value);
+    the HTTP API answers it with 400, the CLI with a usage error."""
+
+    reason = "invalid_request"
+
+
 class NotFound(ImgauditError):
     """No such item."""
 
