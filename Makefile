@@ -86,3 +86,9 @@ bench-dedup: install
 
 clean:
 	rm -rf $(VENV) demo data
+
+# Regenerate docs/configuration.md from the settings in imgaudit/config.py (tests/test_docs.py fails when
+# the file is stale).
+.PHONY: docs
+docs: install
+	$(BIN)/python scripts/gen-config-docs.py

@@ -41,8 +41,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imgaudit.config import load_settings
+from imgaudit.label_space import BASELINE, LabelConfig, LabelSpace
 from imgaudit.models.text import E5TextEncoder, TextEncoder, normalize_text
-from imgaudit.signals.semantic import BASELINE, LabelConfig, LabelSpace, attribute_text, colour_names
+from imgaudit.signals.colour import attribute_text, colour_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KS = (1, 5, 10)

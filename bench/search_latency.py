@@ -35,13 +35,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgaudit.bootstrap import _text_encoder
+from imgaudit.bootstrap import _text_encoder, index_backend
 from imgaudit.config import load_settings
 from imgaudit.index.faiss_index import FaissVectorIndex
-from imgaudit.index.text_index import TantivyTextIndex, TextDoc
+from imgaudit.index.tantivy_index import TantivyTextIndex
+from imgaudit.index.text_base import TextDoc
+from imgaudit.label_space import LabelSpace
 from imgaudit.services.search import SearchService
-from imgaudit.signals.semantic import LabelSpace
-from imgaudit.store.repo import SqlStore
+from imgaudit.services.search_index import SearchIndexes
+from imgaudit.store.sql import SqlStore
 
 WORDS_ZH = [
     "包邮",
@@ -180,7 +182,8 @@ def fill(svc: SearchService, store: SqlStore, n: int, seed: int) -> dict[str, fl
     prng = random.Random(seed)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    passage_pool = svc.encoder.passages(
+    ix = svc.indexes
+    passage_pool = ix.encoder.passages(
         [" ".join(prng.sample(WORDS_ZH, 4) + prng.sample(WORDS_EN, 3)) for _ in range(256)]
     )
     visual = FaissVectorIndex(
@@ -196,17 +199,17 @@ def fill(svc: SearchService, store: SqlStore, n: int, seed: int) -> dict[str, fl
         mass = rng.dirichlet(np.ones(5) * 0.5, size=m).astype(np.float32)
         np.put_along_axis(probs, top, mass, axis=1)
         t = time.perf_counter()
-        svc.dense["labels"].add(ids, svc.label_space.image_vector(probs))
+        ix.dense["labels"].add(ids, ix.label_space.image_vector(probs))
         has_text = rng.random(m) < 0.3
-        noise = rng.normal(0, 0.05, size=(int(has_text.sum()), svc.encoder.dim)).astype(np.float32)
+        noise = rng.normal(0, 0.05, size=(int(has_text.sum()), ix.encoder.dim)).astype(np.float32)
         tv = passage_pool[rng.integers(0, len(passage_pool), int(has_text.sum()))] + noise
-        svc.dense["text"].add(ids[has_text], tv / np.linalg.norm(tv, axis=1, keepdims=True))
+        ix.dense["text"].add(ids[has_text], tv / np.linalg.norm(tv, axis=1, keepdims=True))
         vis = rng.normal(size=(m, 1280)).astype(np.float32)
         visual.add(ids, vis / np.linalg.norm(vis, axis=1, keepdims=True))
         timings["dense"] = timings.get("dense", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         texts = [" ".join(prng.sample(WORDS_ZH, 3) + prng.sample(WORDS_EN, 2)) if h else "" for h in has_text]
-        svc.text_index.add(
+        ix.text.add(
             [
                 TextDoc(
                     int(i),
@@ -249,8 +252,8 @@ def fill(svc: SearchService, store: SqlStore, n: int, seed: int) -> dict[str, fl
             s.execute(insert(SearchLogRow), [{"image_id": int(i)} for i in ids])
         timings["store"] = timings.get("store", 0.0) + time.perf_counter() - t
         print(f"  {min(n, start + chunk)}/{n} items ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    svc.text_index.commit()
-    svc.seq = store.last_search_seq()
+    ix.text.commit()
+    ix.seq = store.last_search_seq()
     svc._visual_for_memory = visual  # type: ignore[attr-defined]  # held like a worker would hold it
     timings["total"] = time.perf_counter() - t0
     return timings
@@ -260,7 +263,7 @@ SERVE_PROBE = """
 import resource, sys, time
 from pathlib import Path
 from imgaudit.index.faiss_index import FaissVectorIndex
-from imgaudit.index.text_index import TantivyTextIndex
+from imgaudit.index.tantivy_index import TantivyTextIndex
 d = Path(sys.argv[1])
 held = [FaissVectorIndex.load(p, int(p.stem.split("-")[1])) for p in sorted(d.glob("*.faiss"))]
 bm25 = TantivyTextIndex(d / "bm25")
@@ -279,10 +282,10 @@ def serving_memory(svc: SearchService, visual: FaissVectorIndex, tmp: Path) -> d
 
     out = tmp / "serve"
     out.mkdir()
-    for name, index in svc.dense.items():
+    for name, index in svc.indexes.dense.items():
         index.save(out / f"{name}-{index.dim}.faiss")  # type: ignore[attr-defined]
     visual.save(out / "visual-1280.faiss")
-    svc.text_index.commit()
+    svc.indexes.text.commit()
     import shutil
 
     shutil.copytree(tmp / "search" / "bm25", out / "bm25")
@@ -350,7 +353,11 @@ def main() -> None:
             settings = load_settings(data_dir=Path(tmp))
             store = SqlStore(settings.store_url)
             index = TantivyTextIndex(Path(tmp) / "search" / "bm25")
-            svc = SearchService(settings, store, text, LabelSpace(text, settings.cache_dir), index, None)
+            labels = LabelSpace(text, settings.cache_dir)
+            indexes = SearchIndexes(
+                settings.data_dir / "search", store, text, labels, index, index_backend(settings)
+            )
+            svc = SearchService(settings, store, indexes, None)
             build = fill(svc, store, n, args.seed) if n else {}
             after, peak = rss_mb()
             m = measure(svc, qs)

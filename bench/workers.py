@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imgaudit.config import load_settings
 from imgaudit.sources.files import FolderSource
-from imgaudit.store.repo import SqlStore
+from imgaudit.store.sql import SqlStore
 
 
 def fresh_database(admin_url: str | None, work: Path, tag: str) -> str:

@@ -9,24 +9,31 @@ from contextlib import contextmanager
 from functools import cache, partial
 
 from imgaudit.config import Settings
-from imgaudit.errors import StoreError
-from imgaudit.index.catalog import new_indexes
-from imgaudit.index.text_index import TantivyTextIndex
+from imgaudit.errors import ConfigError, StoreError
+from imgaudit.index.base import BruteForceHashIndex, BruteForceVectorIndex, IndexBackend
+from imgaudit.index.faiss_index import FaissHashIndex, FaissVectorIndex
+from imgaudit.index.replica import DedupReplica
+from imgaudit.index.tantivy_index import TantivyTextIndex
+from imgaudit.label_space import LabelSpace
 from imgaudit.media.sandbox import DecodePool
 from imgaudit.models.classifier import ClassifierHub
 from imgaudit.models.clip import ClipEncoder, ImageTextEncoder
 from imgaudit.models.nsfw import NsfwScorer
 from imgaudit.models.ocr import OcrEngine
-from imgaudit.models.remote import RemoteCaptioner, RemoteEmbedder
+from imgaudit.models.remote.dashscope_embedding import RemoteEmbedder
+from imgaudit.models.remote.openai_chat import RemoteCaptioner
 from imgaudit.models.text import E5TextEncoder
 from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
 from imgaudit.pipeline import Moderator, Pipeline
-from imgaudit.services.dedup import DedupService, open_indexes
+from imgaudit.rules.matcher import TextRules
+from imgaudit.services.dedup import DedupService
+from imgaudit.services.items import ItemsService
 from imgaudit.services.search import SearchService
+from imgaudit.services.search_index import SearchIndexes
+from imgaudit.services.stats import StatsService
 from imgaudit.services.worker import WorkerService
-from imgaudit.signals.semantic import LabelSpace
-from imgaudit.signals.text_risk import TextRules
-from imgaudit.store.repo import SqlStore, Store
+from imgaudit.store.ports import Store
+from imgaudit.store.sql import SqlStore
 from imgaudit.store.thumbs import ThumbStore
 
 
@@ -38,6 +45,36 @@ def open_store(settings: Settings) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def index_backend(settings: Settings) -> IndexBackend:
+    """The one registry of index backends, for the dedup indexes and the search vectors alike."""
+    cfg = settings.index
+    match cfg.backend:
+        case "faiss":
+            return IndexBackend(
+                new_vectors=partial(FaissVectorIndex, exact_below=cfg.exact_below, nprobe=cfg.nprobe),
+                new_hashes=FaissHashIndex,
+                load_vectors=partial(FaissVectorIndex.load, exact_below=cfg.exact_below, nprobe=cfg.nprobe),
+                load_hashes=FaissHashIndex.load,
+            )
+        case "memory":
+            return IndexBackend(new_vectors=BruteForceVectorIndex, new_hashes=BruteForceHashIndex)
+        case _:
+            raise ConfigError(f"unknown index backend {cfg.backend!r} (expected 'faiss' or 'memory')")
+
+
+def _bm25(settings: Settings, backend: IndexBackend) -> TantivyTextIndex:
+    """The BM25 index: on disk beside the saved search vectors, or in memory when the backend saves none
+    (both are rebuilt from the store together)."""
+    if not backend.persistent:
+        return TantivyTextIndex(None)
+    path = settings.data_dir / "search" / "bm25"
+    try:
+        return TantivyTextIndex(path)
+    except StoreError:  # built by another analyzer version: it is rebuilt from the store
+        shutil.rmtree(path)
+        return TantivyTextIndex(path)
 
 
 def build_encoder(settings: Settings) -> VisualEncoder:
@@ -88,18 +125,13 @@ def build_moderator(
 @contextmanager
 def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[DedupService]:
     """Everything dedup needs, wired, reconciled with the store, and closed afterwards."""
+    backend = index_backend(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.store_url)
     encoder = encoder or build_encoder(settings)
-    descriptor = descriptor_id(encoder)
-    factory = partial(
-        new_indexes,
-        settings.index.backend,
-        DESCRIPTOR_DIM,
-        exact_below=settings.index.exact_below,
-        nprobe=settings.index.nprobe,
+    indexes = DedupReplica.open(
+        backend, DESCRIPTOR_DIM, descriptor=descriptor_id(encoder), directory=settings.data_dir / "index"
     )
-    indexes, seq = open_indexes(settings, descriptor, DESCRIPTOR_DIM, factory)
     thumbs = ThumbStore(settings.data_dir / "thumbs")
     pool = ThreadPoolExecutor(2, thread_name_prefix="moderate")
     decoder = DecodePool(settings.decode)
@@ -116,10 +148,7 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
         if settings.remote.captioner.enabled
         else None,
     )
-    pipeline.synced_seq = seq
-    service = DedupService(
-        settings, store, indexes, pipeline, thumbs, settings.data_dir / "index", descriptor, factory
-    )
+    service = DedupService(settings, store, indexes, pipeline, thumbs)
     try:
         service.reconcile()
         yield service
@@ -170,18 +199,27 @@ def _text_encoder(threads: int) -> E5TextEncoder:
 
 @contextmanager
 def search_service(settings: Settings, encoder: VisualEncoder | None = None) -> Iterator[SearchService]:
-    """Search over the store, with the dedup service behind it for image queries and groups; the
-    search indexes are caught up with the store before it is handed out."""
+    """Search over the store, with the dedup service behind it for image queries and groups; the search
+    indexes catch up with the store before each query (or on ``sync``)."""
     text = _text_encoder(settings.models.threads)
     labels = LabelSpace(text, settings.cache_dir)
-    with dedup_service(settings, encoder) as dedup:
-        path = settings.data_dir / "search" / "bm25"
-        try:
-            index = TantivyTextIndex(path)
-        except StoreError:  # built by another analyzer version: it is rebuilt from the store
-            shutil.rmtree(path)
-            index = TantivyTextIndex(path)
-        try:
-            yield SearchService(settings, dedup.store, text, labels, index, dedup, dedup.pipeline.image_text)
-        finally:
-            index.close()
+    backend = index_backend(settings)
+    with dedup_service(settings, encoder) as dedup, _bm25(settings, backend) as bm25:
+        indexes = SearchIndexes(
+            settings.data_dir / "search", dedup.store, text, labels, bm25, backend, dedup.pipeline.image_text
+        )
+        yield SearchService(settings, dedup.store, indexes, dedup)
+
+
+@contextmanager
+def items_service(settings: Settings) -> Iterator[ItemsService]:
+    """Items one at a time (enqueue, find, explain, history, requeue): the store only, no model or index."""
+    with open_store(settings) as store:
+        yield ItemsService(store)
+
+
+@contextmanager
+def stats_service(settings: Settings) -> Iterator[StatsService]:
+    """Counts, rates, queue depth and activity: the store only, no model or index."""
+    with open_store(settings) as store:
+        yield StatsService(store)

@@ -52,26 +52,46 @@ class FetchSettings(_Group):
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
     read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for each chunk of the body.")
     total_timeout: float = Field(
-        60.0, gt=0, description="Seconds for a whole download, slow servers included."
+        60.0, gt=0, description="Seconds for a whole download, so a server that trickles bytes is cut off."
     )
-    retries: int = Field(2, ge=0, le=10, description="Extra attempts for retryable failures (5xx, timeouts).")
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Extra attempts for retryable failures (5xx, 408, 429, timeouts, connection errors); "
+        "a rejected TLS certificate is not retried.",
+    )
     backoff: float = Field(
-        0.5, ge=0, description="Base of the exponential back-off between attempts, seconds."
+        0.5,
+        ge=0,
+        description="Base of the exponential back-off between attempts (backoff * 2**attempt), seconds; a "
+        "longer Retry-After is honoured up to 10 s.",
     )
-    max_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Refuse bodies larger than this.")
+    max_bytes: int = Field(
+        30 * 1024 * 1024,
+        ge=1024,
+        description="Refuse bodies larger than this, counted on the wire while streaming (and early on "
+        "Content-Length); local files and training images too.",
+    )
     straggler_seconds: float = Field(
         5.0,
         gt=0,
         description="Once all but a tenth of a batch's downloads have ended, the rest get this long, then "
         "are cut off as slow_server and retried later (on an item's last attempt: the whole total_timeout).",
     )
-    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed; each target is checked.")
+    max_redirects: int = Field(
+        5, ge=0, le=20, description="Redirects followed; every target passes the SSRF guard again."
+    )
     cdn_base: str = Field("", description="Prefix joined to relative image URLs (cdn_base + image_url).")
     allow_private: bool = Field(
-        False, description="Allow loopback/private/link-local targets (off: SSRF guard refuses them)."
+        False,
+        description="Switch the SSRF guard's address check off, so loopback, private, link-local and "
+        "cloud metadata targets are fetched (tests, internal deployments); off: refused.",
     )
     allowed_hosts: list[str] = Field(
-        default_factory=list, description="Host names or CIDRs exempt from the SSRF guard."
+        default_factory=list,
+        description="Host names (exact, or .example.com / *.example.com for subdomains) or CIDRs exempt "
+        "from the SSRF guard's address check.",
     )
     user_agent: str = Field("imgaudit/0.1", description="User-Agent header sent with downloads.")
 
@@ -81,8 +101,8 @@ class SourcesSettings(_Group):
 
     follow_symlinks: bool = Field(
         False,
-        description="Follow links in a folder that point outside it (off: each such link is recorded as "
-        "an outside_root failure, so a link to /etc/passwd is never read).",
+        description="Follow links in an ingested folder that point outside it (off: each such link is "
+        "recorded as an outside_root failure, so a link to /etc/passwd is never read).",
     )
 
 
@@ -90,26 +110,29 @@ class DecodeSettings(_Group):
     """Safe image decoding."""
 
     max_pixels: int = Field(
-        64_000_000, ge=1, description="Images with more pixels are refused as decompression bombs."
+        64_000_000,
+        ge=1,
+        description="Images with more pixels (or TIFF tiles larger than this) are refused as "
+        "decompression bombs, before any pixel is decoded.",
     )
     max_side: int = Field(
         512,
         ge=64,
-        description="Longest side kept after decoding; JPEGs are decoded at reduced size (draft mode) "
-        "when the full resolution is not needed.",
+        description="Longest side kept for analysis after decoding; large JPEGs are decoded at reduced "
+        "size (draft mode, 1/2 to 1/8 scale).",
     )
     max_jpeg_scans: int = Field(
         100,
         ge=1,
-        description="Progressive JPEGs with more scans are refused (jpeg_too_many_scans): each scan is "
-        "a pass over the whole image. Normal files have about 10.",
+        description="Progressive JPEGs with more scans are refused (jpeg_too_many_scans): each scan is a "
+        "pass over the whole image. libjpeg's standard progressive script has 10 (6 for greyscale).",
     )
     isolation: str = Field(
         "process",
         pattern="^(process|thread)$",
-        description="Where DecodePool decodes: 'process' (worker processes with a deadline and a memory "
-        "limit; a native crash fails only that image) or 'thread' (in the caller's thread: faster, "
-        "but no deadline, no memory limit, and a crash takes the whole process).",
+        description="'process': decode in worker processes with a deadline and a memory limit, so a "
+        "native crash fails only that image; 'thread': in the caller's thread (faster, but no deadline, "
+        "no memory limit, and a crash takes the whole process).",
     )
     timeout_seconds: float = Field(
         5.0,
@@ -120,8 +143,8 @@ class DecodeSettings(_Group):
     max_memory_mb: int = Field(
         2048,
         ge=0,
-        description="Address-space limit of each decode worker process (RLIMIT_AS), so a bomb that "
-        "passes the pixel checks fails as an error instead of exhausting the machine. 0 turns it off.",
+        description="Address-space limit (RLIMIT_AS) of each decode worker process: an allocation past it "
+        "fails that image as decompression_bomb instead of exhausting the machine. 0 turns it off.",
     )
     workers: int = Field(
         0, ge=0, le=64, description="Decode worker processes in process isolation; 0: one per CPU core."
@@ -130,14 +153,15 @@ class DecodeSettings(_Group):
         256 * 1024 * 1024,
         ge=1024,
         description="Image bytes one batch may hold at once (downloads and files together); items past it "
-        "wait for the next batch, losing no attempt. With fetch.max_bytes it bounds a batch's memory.",
+        "wait for the next batch, losing no attempt (over_budget is never recorded). With fetch.max_bytes "
+        "it bounds a batch's memory.",
     )
 
 
 class DedupSettings(_Group):
     """The decision cascade: exact -> pHash -> embedding -> geometric verification.
 
-    Defaults come from ``bench/dedup.py`` (see README: "Choosing the thresholds").
+    Defaults come from ``bench/dedup.py`` (docs/benchmarks.md: "Choosing the thresholds").
     """
 
     phash_max_distance: int = Field(
@@ -166,19 +190,33 @@ class DedupSettings(_Group):
         description="Largest corner-angle change (degrees) of the mapping between the two: digital copies "
         "(crop, scale, rotate, mirror, pad) keep right angles; another viewpoint of the same scene does not.",
     )
-    verify_candidates: int = Field(3, ge=1, description="Borderline neighbours verified per image.")
-    top_k: int = Field(10, ge=1, description="Embedding neighbours retrieved per image.")
-    index_duplicates: bool = Field(False, description="Also add duplicates to the vector index.")
+    verify_candidates: int = Field(
+        3,
+        ge=1,
+        description="Candidates in the verification band (embed_verify up to embed_duplicate) verified "
+        "per image, most similar first.",
+    )
+    top_k: int = Field(10, ge=1, description="Descriptor neighbours retrieved per image.")
+    index_duplicates: bool = Field(
+        False,
+        description="Also add duplicates to the indexes (descriptor and hash); off: only unique images "
+        "join them.",
+    )
 
 
 class IndexSettings(_Group):
     """The in-process vector and hash indexes."""
 
-    backend: str = Field("faiss", description="Vector index backend: 'faiss' or 'memory' (brute force).")
+    backend: str = Field(
+        "faiss",
+        description="Dedup index backend: 'faiss' (saved as snapshots under data_dir/index) or 'memory' "
+        "(the brute-force reference, not saved: rebuilt from the store at each start).",
+    )
     exact_below: int = Field(
         50_000,
         ge=0,
-        description="Collections smaller than this use exact search; larger ones go approximate.",
+        description="Below this many vectors a FAISS index searches exactly; on reaching it, it becomes "
+        "an IVF index with 8-bit codes (0: always exact).",
     )
     nprobe: int = Field(16, ge=1, description="Inverted lists probed per query by the approximate index.")
 
@@ -194,42 +232,82 @@ class ModelSettings(_Group):
 class WorkerSettings(_Group):
     """The always-on worker (``imgaudit worker``)."""
 
-    batch_size: int = Field(100, ge=1, le=10_000, description="Items claimed per batch.")
-    idle_sleep: float = Field(2.0, ge=0.05, description="Seconds to sleep when there is nothing to do.")
-    save_every: float = Field(60.0, ge=1, description="Seconds between index snapshots while working.")
-    status_every: float = Field(2.0, ge=0.1, description="Seconds between updates of the status file.")
-    stop_timeout: float = Field(60.0, ge=1, description="Seconds `worker stop` waits before giving up.")
+    batch_size: int = Field(100, ge=1, le=10_000, description="Items a worker claims per batch.")
+    idle_sleep: float = Field(
+        2.0,
+        ge=0.05,
+        description="Seconds a worker sleeps when there is nothing to do; also the base of its back-off "
+        "while the database is unavailable (doubling, at most 30 s).",
+    )
+    save_every: float = Field(
+        60.0, ge=1, description="Seconds between index snapshots while working (one is also saved on stop)."
+    )
+    status_every: float = Field(
+        2.0,
+        ge=0.1,
+        description="Seconds between updates of the worker's status file (what `imgaudit worker status` "
+        "reads).",
+    )
+    stop_timeout: float = Field(
+        60.0,
+        ge=1,
+        description="Seconds `worker stop` and `worker restart` wait for the worker to finish its batch "
+        "and exit; past it they give up with exit code 1 and the worker keeps running (--timeout "
+        "overrides).",
+    )
 
 
 class LogSettings(_Group):
     """Worker logs."""
 
-    json_lines: bool = Field(False, description="Write structured JSON log lines instead of text.")
-    level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
-    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the log file at this size.")
+    json_lines: bool = Field(
+        False, description="Write the worker log as JSON lines (one object per line) instead of text."
+    )
+    level: str = Field(
+        "INFO",
+        description="Level of imgaudit's own log lines: DEBUG, INFO, WARNING or ERROR (other libraries "
+        "log WARNING and above only).",
+    )
+    max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="The worker log (data_dir/logs/worker-NAME.log) rotates at this size.",
+    )
     backups: int = Field(5, ge=0, description="Rotated log files kept.")
 
 
 class ExternalTableSettings(_Group):
     """An existing business table used as the queue (the legacy MySQL contract). Off when url is empty."""
 
-    url: str = Field("", description="SQLAlchemy URL of the business database (e.g. mysql+pymysql://...).")
+    url: str = Field(
+        "",
+        description="SQLAlchemy URL of a business database whose table is the queue (e.g. "
+        "mysql+pymysql://...; mysql:// means PyMySQL); empty: off.",
+    )
     name: str = Field(
         "",
         max_length=64,
         description="Stable name of this source (keys its cursor and items); empty: table@host/db.",
     )
     table: str = Field("", description="The content table.")
-    key_column: str = Field("id", description="Unique, increasing key column.")
-    image_column: str = Field("image_url", description="Column with the image URL or CDN-relative path.")
+    key_column: str = Field(
+        "id", description="Unique, increasing key column: the read cursor, compared in the column's type."
+    )
+    image_column: str = Field(
+        "image_url", description="Column with the image URL, or a path joined to fetch.cdn_base."
+    )
     select_where: str = Field(
         "status = 'draft' AND similarity = 'draft'",
-        description="SQL condition selecting rows waiting for work.",
+        description="SQL condition selecting rows waiting for work, inserted exactly as written "
+        "(operator-trusted).",
     )
-    batch_size: int = Field(100, ge=1, le=10_000, description="Rows read per poll (one short read).")
+    batch_size: int = Field(
+        100, ge=1, le=10_000, description="Rows read per poll: one short read, no transaction left open."
+    )
     caption_columns: list[str] = Field(
         default_factory=list,
-        description="Columns whose text (title, description...) is indexed for search with the image.",
+        description="Columns (title, description...) whose text is stored with the image and indexed for "
+        "search.",
     )
     on_unique: dict[str, str] = Field(
         default_factory=lambda: {"status": "tag_extension"},
@@ -245,31 +323,39 @@ class ExternalTableSettings(_Group):
     )
     on_review: dict[str, str] = Field(
         default_factory=dict,
-        description="Columns set when moderation sends an image to review (after on_unique/on_duplicate).",
+        description="Columns set when moderation sends an image to review (applied after "
+        "on_unique/on_duplicate, so they win).",
     )
     on_violate: dict[str, str] = Field(
         default_factory=dict,
-        description="Columns set when moderation finds a violation (after on_unique/on_duplicate).",
+        description="Columns set when moderation finds a violation (applied after on_unique/on_duplicate, "
+        "so they win).",
     )
     moderation_column: str = Field(
         "",
         description="Column receiving the moderation verdict: pass, review or violate (empty: not written).",
     )
     reasons_column: str = Field(
-        "", description="Column receiving the moderation reasons as one line of text (empty: not written)."
+        "",
+        description="Column receiving the moderation reasons as one line of text, cut to the column's "
+        "length (empty: not written).",
     )
     score_column: str = Field("", description="Column receiving the duplicate score (empty: not written).")
     original_column: str = Field(
         "", description="Column receiving the matched original's key (empty: not written)."
     )
-    error_column: str = Field("", description="Column receiving the failure reason (empty: not written).")
+    error_column: str = Field(
+        "",
+        description="Column receiving the short failure reason, cut to the column's length (empty: not "
+        "written).",
+    )
 
 
 class ModerationSettings(_Group):
     """Moderation signals and the policy that turns them into pass / review / violate.
 
     Each signal can be switched off; a switched-off signal is recorded as not computed, never as clean.
-    Thresholds come from ``bench/moderation.py`` (README: "Moderation").
+    Thresholds come from ``bench/moderation.py`` (docs/benchmarks.md, docs/moderation.md).
     """
 
     enabled: bool = Field(True, description="Run moderation in the pipeline (off: dedup only).")
@@ -289,9 +375,15 @@ class ModerationSettings(_Group):
         "(so at most decode.max_side); 320 is 3x cheaper but misses small print.",
     )
     ocr_read_side: int = Field(
-        1280, ge=320, le=4096, description="Longest side of the decode on which detected lines are read."
+        1280,
+        ge=320,
+        le=4096,
+        description="Longest side of the larger decode on which detected lines are read (only for images "
+        "where text was detected).",
     )
-    ocr_min_score: float = Field(0.5, ge=0, le=1, description="Recognised lines below this are dropped.")
+    ocr_min_score: float = Field(
+        0.5, ge=0, le=1, description="Recognised lines with a lower OCR confidence are dropped."
+    )
     ocr_confident: float = Field(
         0.80,
         ge=0,
@@ -320,39 +412,53 @@ class ModerationSettings(_Group):
         0.90,
         ge=0,
         le=1,
-        description="Classifier probability of a violating class at or above which it violates.",
+        description="Highest probability among the classes not in pass_classes at or above which an image "
+        "violates.",
     )
     classifier_review: float = Field(
         0.50,
         ge=0,
         le=1,
-        description="Classifier probability of a violating class from which it goes to review.",
+        description="Highest probability among the classes not in pass_classes from which an image goes "
+        "to review.",
     )
     pass_classes: list[str] = Field(
         default_factory=lambda: ["normal", "ok", "pass", "clean"],
-        description="Classifier classes that are not violations.",
+        description="Classifier classes that are not violations (compared case-insensitively); every "
+        "other class is.",
     )
     min_sharpness: float = Field(
-        60.0, ge=0, description="Variance of the Laplacian below which an image is blurry (review)."
+        60.0,
+        ge=0,
+        description="Variance of the Laplacian (at 384 px) below which an image is blurry (review).",
     )
     min_side: int = Field(64, ge=1, description="Images with a shorter side are too small (review).")
-    min_contrast: float = Field(4.0, ge=0, description="Grey-level deviation below which an image is blank.")
+    min_contrast: float = Field(
+        4.0, ge=0, description="Grey-level standard deviation below which an image is near blank (review)."
+    )
     max_dominant_fraction: float = Field(
-        0.97, gt=0, le=1, description="Share of one colour above which an image is mostly one colour."
+        0.97,
+        gt=0,
+        le=1,
+        description="Share of one colour above which an image is mostly one colour (review).",
     )
     qr_decision: str = Field(
-        "violate", pattern="^(pass|review|violate)$", description="What a QR code in an image asks for."
+        "violate",
+        pattern="^(pass|review|violate)$",
+        description="What a QR, DataMatrix or Aztec code in an image asks for: pass, review or violate.",
     )
     reload_every: float = Field(
-        5.0, ge=0.5, description="Seconds between checks for a newly promoted classifier."
+        5.0,
+        ge=0.5,
+        description="Seconds between checks (one stat) for a newly promoted classifier; running workers "
+        "load it without a restart.",
     )
 
 
 class ClipSettings(_Group):
     """Bring your own CLIP: image and text towers exported to ONNX, read from local files.
 
-    Off while ``image_model`` is empty; search then uses imgaudit's own text space. README: "Bring your own
-    CLIP (or Chinese-CLIP)".
+    Off while ``image_model`` is empty; search then uses imgaudit's own text space (docs/clip.md).
     """
 
     image_model: Path | None = Field(
@@ -432,7 +538,9 @@ class _RemoteCall(_Group):
         description="API key (prefer api_key_env or the IMGAUDIT_REMOTE__... variable; never printed).",
     )
     api_key_env: str = Field(
-        "", description="Name of an environment variable holding the API key (empty: api_key, else none)."
+        "",
+        description="Name of an environment variable holding the API key, read when api_key is empty (named "
+        "but unset or empty: a configuration error; neither set: no key is sent, for local servers).",
     )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
     read_timeout: float = Field(
@@ -443,12 +551,17 @@ class _RemoteCall(_Group):
         3, ge=0, le=10, description="Extra attempts after 429, 408, 5xx, timeouts, lost connections."
     )
     backoff: float = Field(
-        1.0, ge=0, description="Base of the exponential back-off between attempts, seconds."
+        1.0,
+        ge=0,
+        description="Base of the exponential back-off between attempts (backoff * 2**attempt), seconds; a "
+        "longer Retry-After is honoured up to max_retry_after.",
     )
     max_retry_after: float = Field(
         30.0, ge=0, description="Longest wait honoured from a Retry-After header, seconds."
     )
-    rate_limit: float = Field(2.0, ge=0, description="Requests per second, client-side (0: unlimited).")
+    rate_limit: float = Field(
+        2.0, ge=0, description="Requests per second, client-side, retries included (0: unlimited)."
+    )
     burst: int = Field(1, ge=1, description="Requests that may go at once after an idle spell.")
     concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at most.")
     max_response_bytes: int = Field(
@@ -529,7 +642,9 @@ class SearchSettings(_Group):
     """Text and image search over everything ingested (``imgaudit search``)."""
 
     rrf_k: int = Field(
-        60, ge=0, description="Reciprocal rank fusion constant: larger lets lower ranks count more."
+        60,
+        ge=0,
+        description="Reciprocal rank fusion constant: larger lets lower ranks in several lists count more.",
     )
     weights: dict[str, float] = Field(
         default_factory=lambda: {"labels": 1.0, "text": 1.0, "bm25": 1.0, "clip": 1.0, "visual": 1.0},
@@ -542,7 +657,9 @@ class SearchSettings(_Group):
         "unrelated passages at 0.75-0.83 and related ones at 0.84-0.90; a candidate below the floor stays "
         "if BM25 also matched it.",
     )
-    per_page: int = Field(20, ge=1, le=500, description="Results per page.")
+    per_page: int = Field(
+        20, ge=1, le=500, description="Results per page of `imgaudit search` (--top-k overrides)."
+    )
 
 
 class Settings(BaseSettings):
@@ -554,16 +671,27 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default_factory=lambda: default_data_dir(),
-        description="Where the SQLite file and index files live; unset: ./data if it already holds "
-        "imgaudit.db, else the per-user data directory (~/.local/share/imgaudit on Linux).",
+        description="Where the SQLite store, the index snapshots, the search indexes, thumbnails, "
+        "classifiers, worker run files and logs live. Unset: ./data if it already holds imgaudit.db (the "
+        "default of earlier versions), else the per-user data directory (platformdirs: "
+        "~/.local/share/imgaudit on Linux, $XDG_DATA_HOME/imgaudit when that is set).",
     )
     cache_dir: Path = Field(
-        Path("~/.cache/imgaudit"), description="Derived model files (ONNX exports), never in the repo."
+        Path("~/.cache/imgaudit"),
+        description="Derived model files (the visual encoder's ONNX export, the label space of search), "
+        "never in the repo; `imgaudit models prepare` fills it.",
     )
     database_url: str = Field(
-        "", description="SQLAlchemy URL of the store; empty: SQLite file imgaudit.db in data_dir."
+        "",
+        description="SQLAlchemy URL of the store (e.g. postgresql+psycopg://user:pass@host/db); empty: "
+        "the SQLite file imgaudit.db in data_dir.",
     )
-    lease_seconds: int = Field(300, ge=5, description="How long a claim on a queued item lasts.")
+    lease_seconds: int = Field(
+        300,
+        ge=5,
+        description="How long a claim on a queued item lasts; the worker holding it extends it every "
+        "third of that while it works, and once it expires any worker may take the item.",
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts before a retryable failure becomes permanent.")
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)

@@ -201,3 +201,68 @@ class DecodeUnavailable(MediaError):
 
     reason = "decode_unavailable"
     retryable = True
+
+
+class FetchRefused(FetchError):
+    """The download cannot succeed by retrying (bad URL, too many redirects, not a regular file)."""
+
+    retryable = False
+
+
+class DatasetError(ImgauditError):
+    """The training set cannot be used."""
+
+    reason = "dataset"
+
+
+class RegistryError(ImgauditError):
+    """The classifier registry refused the operation."""
+
+    reason = "registry"
+
+
+class RemoteError(ModelError):
+    """The remote model service failed."""
+
+    reason = "remote"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class RemoteTimeout(RemoteError):
+    """The remote model service was too slow."""
+
+    reason = "remote_timeout"
+
+
+class RemoteRefused(RemoteError):
+    """The remote model service refused the request (bad request, key, quota or model name)."""
+
+    reason = "remote_refused"
+    retryable = False
+
+
+class RemoteBadResponse(RemoteError):
+    """The remote model service answered with something that is not the expected JSON."""
+
+    reason = "remote_bad_response"
+    retryable = False
+
+
+class DaemonError(ImgauditError):
+    """The worker process could not be managed (started, stopped, or its log read)."""
+
+    reason = "daemon"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
+import re
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imgaudit.models.text import normalize_text
 from imgaudit.models.visual import DESCRIPTOR_DIM, INPUT_MEAN, INPUT_STD
 
 
@@ -73,25 +78,36 @@ def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
 
 class FakeTextEncoder:
     """Stands in for the multilingual text model: a hashed bag of words (Chinese characters count as
-    words), so texts sharing words are close and others are not. Deterministic and instant."""
+    words) and character bigrams, after the real model's normalisation (full width folded, Traditional to
+    Simplified), so texts sharing words are close and others are not. Bigrams keep a long prompt template
+    ("a photo of a {}") from drowning the one word that differs. Deterministic and instant; ``calls``
+    counts embedding calls (a cache hit makes none) and ``name`` keys caches as a model's name does."""
 
-    name = "fake-bag-of-words/v1"
     dim = 384
 
-    def _embed(self, texts: list[str] | tuple[str, ...]) -> np.ndarray:
-        import hashlib
-        import re
+    def __init__(self, name: str = "fake-bag-of-words/v1") -> None:
+        self._name = name
+        self.calls = 0
 
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
         out = np.zeros((len(texts), self.dim), np.float32)
         for row, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+|[\u4e00-\u9fff]", text.lower()):
-                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little")
+            text = normalize_text(text).lower()
+            features = re.findall(r"[a-z0-9]+|[\u4e00-\u9fff]", text)
+            features += [a + b for a, b in itertools.pairwise(text)]
+            for feature in features:
+                h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=4).digest(), "little")
                 out[row, h % self.dim] += 1.0
             out[row, -1] += 0.05  # no zero vectors
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
-    def queries(self, texts):  # type: ignore[no-untyped-def]
-        return self._embed(list(texts))
+    def queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed(texts)
 
-    def passages(self, texts):  # type: ignore[no-untyped-def]
-        return self._embed(list(texts))
+    def passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed(texts)

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from imgaudit.models.clip import CLIP_MEAN, CLIP_STD, EOT, SOT, ClipEncoder, bytes_to_unicode
+from imgaudit.models.clip import CLIP_MEAN, CLIP_STD, ClipEncoder
+from imgaudit.models.clip_tokenizer import EOT, SOT, bytes_to_unicode
 
 GRID = 4
 FEATURES = 3 * GRID * GRID

@@ -1,11 +1,16 @@
-"""Frozen values that travel between the stages of the pipeline."""
+"""Frozen values that travel between the stages of the pipeline, and between the store and the layers above
+it (services and entry points name these without importing the store)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
+
+from imgaudit.errors import ImgauditError
 
 
 class Status(StrEnum):
@@ -229,3 +234,151 @@ def reasons_json(v: ModerationVerdict) -> list[dict[str, object]]:
         }
         for r in v.reasons
     ]
+
+
+# -- the queue and the pipeline's outputs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An item the queue handed to one claimer, with the attempt this claim is (1 for the first)."""
+
+    id: int
+    ref: ImageRef
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completion:
+    """What the pipeline learned about one claimed item."""
+
+    id: int
+    signals: DedupSignals
+    verdict: Verdict
+    format: str
+    width: int
+    height: int
+    indexed: bool
+    moderation_signals: ModerationSignals | None = None
+    moderation: ModerationVerdict | None = None
+    labels: list[list[float]] | None = None  # top ImageNet [index, probability], for search
+    colours: list[tuple[str, str, float]] | None = None  # dominant colours (english, chinese, share)
+    clip_embedding: np.ndarray | None = None  # image-text embedding, when a CLIP model is configured
+    ai_caption: str | None = None  # the remote captioner's description, when enabled
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    """A claimed item that could not be processed, and why (``error.retryable`` picks its next state)."""
+
+    id: int
+    error: ImgauditError
+
+
+@dataclass(frozen=True, slots=True)
+class IndexChange:
+    """One entry of the dedup index log: every worker replays these to keep its index replica current."""
+
+    seq: int
+    image_id: int
+    op: str  # add | remove
+    phash: int | None
+    embedding: np.ndarray | None
+
+
+# -- what the store reports ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The items one claimer holds and has not finished or given back."""
+
+    worker: str
+    items: int
+    until: datetime  # the latest of their leases
+
+
+class Enqueued(tuple[int, int]):
+    """``(added, skipped)``, so callers unpacking two numbers keep working, plus the entries recorded as
+    failed at once (``refusals``: reason -> count): these are in neither number."""
+
+    refusals: Counter[str]
+
+    def __new__(cls, added: int, skipped: int, refusals: Counter[str] | None = None) -> Enqueued:
+        self = super().__new__(cls, (added, skipped))
+        self.refusals = Counter(refusals or {})
+        return self
+
+    @property
+    def added(self) -> int:
+        return self[0]
+
+    @property
+    def skipped(self) -> int:
+        return self[1]
+
+    @property
+    def refused(self) -> int:
+        return sum(self.refusals.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """Everything the store holds about one item."""
+
+    id: int
+    source: str
+    uri: str  # as stored: a path that is not valid UTF-8 is a ``file:`` URI (see store.encoding)
+    kind: str
+    external_key: str | None
+    status: str
+    attempts: int
+    error_reason: str | None
+    last_error: str | None
+    sha256: str | None
+    format: str | None
+    width: int | None
+    height: int | None
+    phash: int | None
+    decision: str | None
+    duplicate_of: int | None
+    score: float | None
+    stage: str | None
+    evidence: dict[str, float] | None
+    indexed: bool
+    processed_by: str | None
+    writeback: str | None
+    created_at: datetime
+    processed_at: datetime | None
+    moderation: str | None = None  # pass | review | violate; None: moderation did not run
+    reasons: list[dict[str, object]] | None = None
+    moderation_signals: dict[str, object] | None = None
+    ocr_text: str | None = None
+    caption: str | None = None
+    meta: dict[str, object] | None = None
+    labels: list[list[float]] | None = None
+    colours: list[list[object]] | None = None
+    clip_embedding: bytes | None = None
+    ai_caption: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["phash"] = f"{self.phash:016x}" if self.phash is not None else None
+        d.pop("clip_embedding", None)  # binary, and only for the search indexes
+        for key in ("created_at", "processed_at"):
+            d[key] = d[key].isoformat() if d[key] else None
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Facets:
+    """The filterable attributes of an item (search filters many candidates before fetching a page)."""
+
+    id: int
+    status: str
+    decision: str | None
+    moderation: str | None
+    source: str
+    has_text: bool
+    created_at: datetime
+    labels: list[list[float]] | None

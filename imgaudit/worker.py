@@ -9,7 +9,6 @@ claimed; their lease expires and another worker takes them.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -17,30 +16,14 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-
 from imgaudit.config import Settings
+from imgaudit.errors import StoreUnavailable
+from imgaudit.services.runfiles import status_path, write_status
 from imgaudit.services.worker import StepReport, WorkerService, WorkerStats
 
 log = logging.getLogger("imgaudit.worker")
-
-
-def run_dir(settings: Settings) -> Path:
-    return settings.data_dir / "run"
-
-
-def status_path(settings: Settings, name: str) -> Path:
-    return run_dir(settings) / f"worker-{name}.json"
-
-
-def write_status(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
 
 
 class Worker:
@@ -96,7 +79,8 @@ class Worker:
     def _report(self, step: StepReport | None, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._status_at >= self.settings.worker.status_every:
-            with contextlib.suppress(DBAPIError):  # keep the last known depth while the database is away
+            # while the database is away the status file keeps the last known depth
+            with contextlib.suppress(StoreUnavailable):
                 self._queue_depth = self.service.queue_depth()
             write_status(status_path(self.settings, self.name), self.status())
             self._status_at = now
@@ -117,14 +101,13 @@ class Worker:
                 try:
                     step = self.service.step(self._claimed)
                     failures_in_a_row = 0
-                except DBAPIError as exc:
+                except StoreUnavailable as exc:
                     # The database went away (restart, failover, network): items claimed by the failed
-                    # step come back when their lease expires; wait and reconnect.
+                    # step come back when their lease expires; wait and reconnect. (The business table
+                    # going away is not this: the step carries on without it, see step.external_error.)
                     failures_in_a_row += 1
                     delay = min(30.0, self.settings.worker.idle_sleep * 2 ** min(failures_in_a_row, 5))
-                    log.warning(
-                        "database unavailable (%s); retrying in %.1fs", type(exc.orig).__name__, delay
-                    )
+                    log.warning("database unavailable (%s); retrying in %.1fs", exc.message, delay)
                     self.state = "waiting_for_database"
                     self.stop.wait(delay)
                     continue
@@ -144,7 +127,7 @@ class Worker:
                     for f in b.failures:
                         log.warning("item %d failed: %s: %s", f.id, f.error.reason, f.error.message)
                 if time.monotonic() - last_save >= self.settings.worker.save_every:
-                    self.service.dedup.save()
+                    self.service.save()
                     last_save = time.monotonic()
                 if not step.claimed:
                     self.state = "idle"
@@ -157,8 +140,8 @@ class Worker:
         finally:
             self.state = "stopping"
             try:
-                self.service.dedup.save()
-            except DBAPIError:
+                self.service.save()
+            except StoreUnavailable:
                 log.warning("could not save the index snapshot: database unavailable")
             self.state = "stopped"
             self._report(None, force=True)

@@ -19,21 +19,15 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from imgaudit.config import Settings, load_settings
-from imgaudit.errors import ModelError
-from imgaudit.models.classifier import (
-    ACTIVE_FILE,
-    ClassifierHub,
-    FinetunedHead,
-    LinearHead,
-    load_head,
-    parse_ref,
-    read_active,
-    square_input,
-    version_dir,
-)
+from imgaudit.errors import DatasetError, ModelError, RegistryError
+from imgaudit.models.classifier import ClassifierHub, FinetunedHead, LinearHead, load_head, square_input
+from imgaudit.models.classifier_registry import ACTIVE_FILE, parse_ref, read_active, version_dir
 from imgaudit.models.visual import VisualEncoder, descriptor_id
 from imgaudit.services import training
-from imgaudit.services.training import DatasetError, RegistryError, TrainOptions
+from imgaudit.services.training import TrainOptions
+from imgaudit.services.training import dataset as training_dataset
+from imgaudit.services.training import fit as training_fit
+from imgaudit.services.training import metrics as training_metrics
 from imgaudit.testing import FakeVisualSession, jpeg_bytes, textured_image
 
 SIZE = (96, 72)
@@ -150,33 +144,33 @@ def test_too_few_images_after_decoding(tmp_path: Path, cfg: Settings, encoder: V
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not a folder"):
-        training.scan_dataset(tmp_path / "nope")
+        training_dataset.scan_dataset(tmp_path / "nope")
 
 
 def test_stratified_split_is_seeded_and_keeps_every_class() -> None:
     y = np.array([0] * 50 + [1] * 10 + [2] * 5)
-    train, test = training.stratified_split(y, 0.2, seed=3)
+    train, test = training_dataset.stratified_split(y, 0.2, seed=3)
     assert set(train).isdisjoint(test) and len(train) + len(test) == len(y)
     assert np.bincount(y[test]).tolist() == [10, 2, 1]
-    again, _ = training.stratified_split(y, 0.2, seed=3)
-    other, _ = training.stratified_split(y, 0.2, seed=4)
+    again, _ = training_dataset.stratified_split(y, 0.2, seed=3)
+    other, _ = training_dataset.stratified_split(y, 0.2, seed=4)
     assert np.array_equal(train, again) and not np.array_equal(train, other)
     with pytest.raises(DatasetError):
-        training.stratified_split(y, 0.0, seed=0)
+        training_dataset.stratified_split(y, 0.0, seed=0)
 
 
 def test_fingerprint_ignores_location_but_not_labels(tmp_path: Path) -> None:
     a = [
-        training.Sample(tmp_path / "x", "normal/a.jpg", "normal"),
-        training.Sample(tmp_path / "y", "v/b.jpg", "v"),
+        training_dataset.Sample(tmp_path / "x", "normal/a.jpg", "normal"),
+        training_dataset.Sample(tmp_path / "y", "v/b.jpg", "v"),
     ]
     b = [
-        training.Sample(Path("/elsewhere/y"), "v/b.jpg", "v"),
-        training.Sample(Path("/z"), "normal/a.jpg", "normal"),
+        training_dataset.Sample(Path("/elsewhere/y"), "v/b.jpg", "v"),
+        training_dataset.Sample(Path("/z"), "normal/a.jpg", "normal"),
     ]
-    assert training.fingerprint(a, ["1", "2"]) == training.fingerprint(b, ["2", "1"])
-    relabelled = [training.Sample(tmp_path / "x", "normal/a.jpg", "v"), a[1]]
-    assert training.fingerprint(a, ["1", "2"]) != training.fingerprint(relabelled, ["1", "2"])
+    assert training_dataset.fingerprint(a, ["1", "2"]) == training_dataset.fingerprint(b, ["2", "1"])
+    relabelled = [training_dataset.Sample(tmp_path / "x", "normal/a.jpg", "v"), a[1]]
+    assert training_dataset.fingerprint(a, ["1", "2"]) != training_dataset.fingerprint(relabelled, ["1", "2"])
 
 
 # -- model and metrics ----------------------------------------------------------------------------------
@@ -189,7 +183,7 @@ def test_folded_scaling_gives_scikit_learns_probabilities(n_classes: int) -> Non
     rng = np.random.default_rng(0)
     y = np.arange(60) % n_classes
     x = (rng.normal(size=(60, 1280)) + y[:, None] * 0.3).astype(np.float32)
-    fit = training.fit_linear(x, y, n_classes, seed=0, c=0.5)
+    fit = training_fit.fit_linear(x, y, n_classes, seed=0, c=0.5)
     z = (x - x.mean(axis=0)) / np.sqrt(np.mean((x - x.mean(axis=0)) ** 2))
     ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=2000).fit(z, y)
     meta = {"name": "t", "version": 1, "kind": "linear", "classes": [str(i) for i in range(n_classes)]}
@@ -204,7 +198,7 @@ def test_near_constant_dimensions_do_not_drown_the_signal() -> None:
     x = np.zeros((40, 1280))
     x[:, :8] = rng.normal(size=(40, 8)) + y[:, None] * 2.0  # the signal
     x[:, 8:] = rng.normal(scale=1e-6, size=(40, 1272))  # near-constant dimensions
-    fit = training.fit_linear(x[:30], y[:30], 2, seed=0)
+    fit = training_fit.fit_linear(x[:30], y[:30], 2, seed=0)
     meta = {"name": "t", "version": 1, "kind": "linear", "classes": ["a", "b"]}
     probs = LinearHead(meta, fit.weights, fit.bias).probabilities(x[30:].astype(np.float32), [])
     assert (probs.argmax(axis=1) == y[30:]).mean() >= 0.9
@@ -214,9 +208,9 @@ def test_cross_validation_picks_a_c_from_the_grid() -> None:
     rng = np.random.default_rng(1)
     y = np.arange(40) % 2
     x = rng.normal(size=(40, 1280)) + y[:, None] * 0.5
-    fit = training.fit_linear(x, y, 2, seed=0)
-    assert fit.c in training.C_GRID
-    assert fit.cv["folds"] == 5 and len(fit.cv["cv_log_loss"]) == len(training.C_GRID)
+    fit = training_fit.fit_linear(x, y, 2, seed=0)
+    assert fit.c in training_fit.C_GRID
+    assert fit.cv["folds"] == 5 and len(fit.cv["cv_log_loss"]) == len(training_fit.C_GRID)
 
 
 def test_binary_metrics() -> None:
@@ -224,7 +218,7 @@ def test_binary_metrics() -> None:
 
     y = np.array([0, 0, 0, 1, 1, 1])
     p1 = np.array([0.1, 0.2, 0.6, 0.7, 0.9, 0.4])
-    m = training.evaluate(y, np.stack([1 - p1, p1], axis=1), ["normal", "violate"], "violate")
+    m = training_metrics.evaluate(y, np.stack([1 - p1, p1], axis=1), ["normal", "violate"], "violate")
     assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-4)
     assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p1), abs=1e-4)
     assert m["roc_auc_of"] == "violate"
@@ -242,16 +236,16 @@ def test_multiclass_metrics_use_macro_one_vs_rest() -> None:
     probs = rng.dirichlet([1, 1, 1], size=30)
     probs[np.arange(30), y] += 1
     probs /= probs.sum(axis=1, keepdims=True)
-    m = training.evaluate(y, probs, ["a", "b", "c"], None)
+    m = training_metrics.evaluate(y, probs, ["a", "b", "c"], None)
     assert m["roc_auc_of"] == "macro one-vs-rest"
     assert m["roc_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"), abs=1e-4)
     assert m["brier"] == pytest.approx(np.mean(np.sum((probs - np.eye(3)[y]) ** 2, axis=1)), abs=1e-4)
 
 
 def test_positive_class_is_the_one_not_passing() -> None:
-    assert training.positive_class(["normal", "weapon"], ["normal", "ok"]) == "weapon"
-    assert training.positive_class(["knife", "ok"], ["normal", "ok"]) == "knife"
-    assert training.positive_class(["a", "b", "c"], ["a"]) is None
+    assert training_metrics.positive_class(["normal", "weapon"], ["normal", "ok"]) == "weapon"
+    assert training_metrics.positive_class(["knife", "ok"], ["normal", "ok"]) == "knife"
+    assert training_metrics.positive_class(["a", "b", "c"], ["a"]) is None
 
 
 def test_square_input_is_the_encoders_preprocessing() -> None:
@@ -277,7 +271,7 @@ def test_training_saves_a_versioned_head_without_promoting(
     assert meta["encoder"] == descriptor_id(encoder)
     assert len(meta["dataset"]["fingerprint"]) == 64
     assert meta["dataset"]["split"] == {"holdout": 0.25, "seed": 0, "train": 18, "held_out": 6}
-    assert meta["parameters"]["C"] in training.C_GRID and "refit on all 24" in meta["saved_model"]
+    assert meta["parameters"]["C"] in training_fit.C_GRID and "refit on all 24" in meta["saved_model"]
     assert {"embed", "fit"} <= set(meta["seconds"]) and meta["imgaudit_version"] and meta["created_at"]
     m = meta["metrics"]
     assert m["accuracy"] >= 0.83 and m["roc_auc"] >= 0.9  # a red disc is easy even for the fake encoder

@@ -845,7 +845,7 @@ def test_prepare_builds_the_label_space_search_uses(
     from imgaudit.testing import FakeTextEncoder
 
     with search_service(settings) as svc:
-        assert svc.label_space.cache_path() == label_space(settings, FakeTextEncoder()).cache_path()
+        assert svc.indexes.label_space.cache_path() == label_space(settings, FakeTextEncoder()).cache_path()
     # and with the real text model, as `models prepare` builds it (its name needs no model load)
     real = label_space(settings).encoder.name
     assert real.startswith("multilingual-e5-small") and str(label_space(settings).cache_path()).endswith(

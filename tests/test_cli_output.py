@@ -126,8 +126,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
     moderation reason and an error written into the store as a hostile image or source would make them."""
     from sqlalchemy import select, update
 
-    from imgaudit.store.repo import SqlStore
     from imgaudit.store.schema import ImageRow
+    from imgaudit.store.sql import SqlStore
 
     root = tmp_path_factory.mktemp("hostile")
     folder, data = root / "imgs", root / "data"
@@ -276,10 +276,10 @@ def test_training_metrics_with_hostile_class_names(monkeypatch: pytest.MonkeyPat
     """Class folder names end up in table cells and column headers: never parsed as markup."""
     from rich.console import Console
 
-    from imgaudit.cli import main, models
+    from imgaudit.cli import models
 
     recorder = Console(record=True, width=200, file=io.StringIO())
-    monkeypatch.setattr(main, "out", recorder)
+    monkeypatch.setattr(models, "out", recorder)
     metrics = {
         "per_class": {MARKUP_CLOSE: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}},
         "confusion": {"labels": [MARKUP_CLOSE, BLINK + ESC_RED], "matrix": [[3, 0], [0, 2]]},

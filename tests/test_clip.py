@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from imgaudit.errors import ModelError
-from imgaudit.models.clip import CLIP_MEAN, CLIP_STD, ClipEncoder, ClipTokenizer
+from imgaudit.models.clip import CLIP_MEAN, CLIP_STD, ClipEncoder
+from imgaudit.models.clip_tokenizer import ClipTokenizer
 from imgaudit.testing import textured_image
 from imgaudit.testing_clip import TinyClip, make_tiny_clip
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 
 from imgaudit.config import load_settings
+from imgaudit.errors import StoreUnavailable
 from imgaudit.sources.files import FolderSource
-from imgaudit.store.repo import SqlStore
 from imgaudit.store.schema import ImageRow, IndexLogRow
+from imgaudit.store.sql import SqlStore
 from imgaudit.testing import textured_image
 
 N_DISTINCT = 700
@@ -91,7 +91,7 @@ def drain(tmp_path: Path, database_url: str, disrupt: Callable[..., None]) -> No
         while time.monotonic() < deadline:
             try:
                 status = store.counts()["status"]
-            except OperationalError:  # the database is restarting
+            except StoreUnavailable:  # the database is restarting
                 time.sleep(0.5)
                 continue
             left = sum(status.get(k, 0) for k in ("queued", "processing", "failed_retryable"))
@@ -222,7 +222,7 @@ def test_a_rerun_after_a_killed_ingest_takes_its_items_back_at_once(
         while time.monotonic() < deadline:
             try:
                 status = store.counts()["status"]
-            except OperationalError:  # the schema is still being created
+            except StoreUnavailable:  # the schema is still being created
                 status = {}
             if status.get("processing"):
                 break

@@ -25,8 +25,8 @@ from imgaudit.errors import ConfigError, ExternalUnavailable
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.services.worker import WorkerService
 from imgaudit.sources.table import NAME_MAX, ExternalTable, source_name
-from imgaudit.store.repo import ItemRecord
 from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.types import ItemRecord
 
 LEGACY = {
     "table": "content",

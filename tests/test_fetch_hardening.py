@@ -20,20 +20,19 @@ import subprocess
 import threading
 import time
 import tracemalloc
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpcore
 import pytest
+from local_server import MAX_BYTES, LocalServer, fetch_settings, serving, unique_key
 from PIL import Image
 
-from imgaudit.config import FetchSettings
 from imgaudit.errors import (
     BlockedAddress,
     EncodedBody,
@@ -54,7 +53,6 @@ def _jpeg() -> bytes:
 
 
 JPEG = _jpeg()
-MAX_BYTES = 64 * 1024
 SECRET = b"SECRET-7f3a-do-not-store"
 HTML = b"<!doctype html><title>" + SECRET + b"</title>" + b"<p>hello</p>" * 20
 
@@ -132,51 +130,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(LocalServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.hosts: list[str] = []
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[_Server]:
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(_Server()) as srv:
+        yield srv
 
 
 @pytest.fixture
 def base(server: _Server) -> str:
-    return f"http://127.0.0.1:{server.port}"
-
-
-def _settings(**overrides: Any) -> FetchSettings:
-    values: dict[str, Any] = {
-        "allow_private": True,
-        "backoff": 0.01,
-        "retries": 2,
-        "connect_timeout": 2,
-        "read_timeout": 2,
-        "total_timeout": 5,
-        "max_bytes": MAX_BYTES,
-    }
-    values.update(overrides)
-    return FetchSettings(**values)
-
-
-def _key() -> str:
-    return uuid.uuid4().hex
+    return server.base
 
 
 # --- a scripted resolver and a fake network -----------------------------------------------------------------
@@ -275,10 +245,10 @@ async def test_gzip_of_gzip_bomb_is_refused_before_reading_and_memory_stays_flat
     base: str, server: _Server
 ) -> None:
     assert len(_bomb()) < 4096  # a few KB on the wire ...
-    key = _key()
+    key = unique_key()
     tracemalloc.start()
     try:
-        async with Fetcher(_settings()) as fetcher:
+        async with Fetcher(fetch_settings()) as fetcher:
             with pytest.raises(EncodedBody) as info:
                 await fetcher.fetch(f"{base}/bomb?key={key}")
         _, peak = tracemalloc.get_traced_memory()
@@ -294,15 +264,15 @@ async def test_gzip_of_gzip_bomb_is_refused_before_reading_and_memory_stays_flat
     "codings", ["gzip", "GZIP", "x-gzip", "br", "deflate", "identity,%20gzip", "identity|br"]
 )
 async def test_any_content_encoding_is_refused(base: str, server: _Server, codings: str) -> None:
-    key = _key()
-    async with Fetcher(_settings()) as fetcher:
+    key = unique_key()
+    async with Fetcher(fetch_settings()) as fetcher:
         with pytest.raises(EncodedBody):
             await fetcher.fetch(f"{base}/encoded?key={key}&ce={codings}")
     assert server.hits[key] == 1
 
 
 async def test_identity_encoding_is_accepted(base: str) -> None:
-    async with Fetcher(_settings()) as fetcher:
+    async with Fetcher(fetch_settings()) as fetcher:
         assert await fetcher.fetch(f"{base}/encoded?ce=identity") == JPEG
 
 
@@ -312,7 +282,7 @@ async def test_identity_encoding_is_accepted(base: str) -> None:
 async def test_rebinding_name_is_fetched_from_the_checked_address() -> None:
     resolver = _ScriptedResolver({"rebind.test": [["203.0.113.7"], ["127.0.0.1"]]})
     network = _FakeNetwork({"203.0.113.7": OK_REPLY, "127.0.0.1": _reply("200 OK", b"internal secret")})
-    settings = _settings(allow_private=False, allowed_hosts=TEST_NET, retries=0)
+    settings = fetch_settings(allow_private=False, allowed_hosts=TEST_NET, retries=0)
     async with Fetcher(settings, resolver=resolver, network_backend=network) as fetcher:
         assert await fetcher.fetch("http://rebind.test/a.jpg") == JPEG
         assert network.connections == [("203.0.113.7", 80)]
@@ -328,7 +298,7 @@ async def test_rebinding_name_is_fetched_from_the_checked_address() -> None:
 async def test_https_keeps_the_host_name_for_sni_and_host_header() -> None:
     resolver = _ScriptedResolver({"cdn.test": [["203.0.113.9"]]})
     network = _FakeNetwork({"203.0.113.9": OK_REPLY})
-    settings = _settings(allow_private=False, allowed_hosts=TEST_NET)
+    settings = fetch_settings(allow_private=False, allowed_hosts=TEST_NET)
     async with Fetcher(settings, resolver=resolver, network_backend=network) as fetcher:
         assert await fetcher.fetch("https://cdn.test/a.jpg") == JPEG
     assert network.connections == [("203.0.113.9", 443)]
@@ -347,7 +317,7 @@ async def test_every_redirect_hop_is_resolved_once_checked_and_pinned() -> None:
             "10.0.0.8": OK_REPLY,
         }
     )
-    settings = _settings(allow_private=False, allowed_hosts=TEST_NET, retries=0)
+    settings = fetch_settings(allow_private=False, allowed_hosts=TEST_NET, retries=0)
     async with Fetcher(settings, resolver=resolver, network_backend=network) as fetcher:
         assert await fetcher.fetch("http://a.test/start") == JPEG
         assert resolver.calls == [("a.test", 80), ("b.test", 8080)]
@@ -369,7 +339,7 @@ async def test_every_redirect_hop_is_resolved_once_checked_and_pinned() -> None:
 async def test_one_internal_record_blocks_the_name_before_any_connection() -> None:
     resolver = _ScriptedResolver({"split.test": [["203.0.113.5", "127.0.0.1"]]})
     network = _FakeNetwork({"203.0.113.5": OK_REPLY})
-    settings = _settings(allow_private=False, allowed_hosts=TEST_NET)
+    settings = fetch_settings(allow_private=False, allowed_hosts=TEST_NET)
     async with Fetcher(settings, resolver=resolver, network_backend=network) as fetcher:
         with pytest.raises(BlockedAddress):
             await fetcher.fetch("http://split.test/a.jpg")
@@ -379,7 +349,7 @@ async def test_one_internal_record_blocks_the_name_before_any_connection() -> No
 async def test_unreachable_checked_address_falls_back_to_the_next_checked_one() -> None:
     resolver = _ScriptedResolver({"two.test": [["203.0.113.50", "203.0.113.51"]]})
     network = _FakeNetwork({"203.0.113.51": OK_REPLY})
-    settings = _settings(allow_private=False, allowed_hosts=TEST_NET, retries=0)
+    settings = fetch_settings(allow_private=False, allowed_hosts=TEST_NET, retries=0)
     async with Fetcher(settings, resolver=resolver, network_backend=network) as fetcher:
         assert await fetcher.fetch("http://two.test/a.jpg") == JPEG
     assert network.connections == [("203.0.113.50", 80), ("203.0.113.51", 80)]
@@ -404,8 +374,8 @@ async def test_real_pinned_fetch_sends_the_original_host_name(
     server: _Server, settings: dict[str, Any]
 ) -> None:
     resolver = _ScriptedResolver({"images.test": [["127.0.0.1"]]})
-    key = _key()
-    async with Fetcher(_settings(**settings), resolver=resolver) as fetcher:
+    key = unique_key()
+    async with Fetcher(fetch_settings(**settings), resolver=resolver) as fetcher:
         assert await fetcher.fetch(f"http://images.test:{server.port}/img?key={key}") == JPEG
     assert resolver.calls == [("images.test", server.port)]
     assert server.hits[key] == 1
@@ -414,8 +384,8 @@ async def test_real_pinned_fetch_sends_the_original_host_name(
 
 async def test_real_fetch_of_a_name_resolving_to_loopback_is_refused(server: _Server) -> None:
     resolver = _ScriptedResolver({"images.test": [["127.0.0.1"]]})
-    key = _key()
-    async with Fetcher(_settings(allow_private=False), resolver=resolver) as fetcher:
+    key = unique_key()
+    async with Fetcher(fetch_settings(allow_private=False), resolver=resolver) as fetcher:
         with pytest.raises(BlockedAddress):
             await fetcher.fetch(f"http://images.test:{server.port}/img?key={key}")
     assert server.hits[key] == 0
@@ -425,7 +395,7 @@ async def test_real_fetch_of_a_name_resolving_to_loopback_is_refused(server: _Se
 
 
 async def test_not_an_image_message_holds_no_body_bytes(base: str) -> None:
-    async with Fetcher(_settings()) as fetcher:
+    async with Fetcher(fetch_settings()) as fetcher:
         with pytest.raises(NotAnImage) as info:
             await fetcher.fetch(f"{base}/html")
         results = await fetcher.fetch_many([f"{base}/html?ct=%3Cscript%3Ealert(1)%3C/script%3E"])
@@ -437,7 +407,7 @@ async def test_not_an_image_message_holds_no_body_bytes(base: str) -> None:
 
 
 async def test_protocol_error_message_holds_no_reply_bytes(base: str) -> None:
-    async with Fetcher(_settings(retries=0)) as fetcher:
+    async with Fetcher(fetch_settings(retries=0)) as fetcher:
         with pytest.raises(FetchError) as info:
             await fetcher.fetch(f"{base}/bad-header")
     assert SECRET.decode() not in info.value.message
@@ -473,7 +443,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(private.public_key())
+        .public_key(private.publicunique_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
@@ -532,7 +502,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_TLSServer]
 
 async def test_rejected_certificate_is_a_permanent_failure_tried_once(tls_server: _TLSServer) -> None:
     before = tls_server.accepted
-    async with Fetcher(_settings(retries=3, backoff=0.01)) as fetcher:
+    async with Fetcher(fetch_settings(retries=3, backoff=0.01)) as fetcher:
         with pytest.raises(TLSFailed) as info:
             await fetcher.fetch(f"https://127.0.0.1:{tls_server.port}/a.jpg")
     assert info.value.reason == "tls_failed" and not info.value.retryable
@@ -544,7 +514,7 @@ async def test_rejected_certificate_is_a_permanent_failure_tried_once(tls_server
 async def test_refused_connection_is_still_retried() -> None:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]  # closed again at once: connecting is refused
-    async with Fetcher(_settings(retries=1, backoff=0.01)) as fetcher:
+    async with Fetcher(fetch_settings(retries=1, backoff=0.01)) as fetcher:
         with pytest.raises(FetchError) as info:
             await fetcher.fetch(f"http://127.0.0.1:{port}/a.jpg")
     assert not isinstance(info.value, TLSFailed) and info.value.retryable
@@ -584,7 +554,7 @@ ODD_SPELLINGS = [
 @pytest.mark.parametrize("url", ODD_SPELLINGS)
 async def test_odd_ipv4_spellings_are_blocked_not_fetch_failed(url: str) -> None:
     network = _FakeNetwork({})
-    settings = _settings(allow_private=False, retries=0)
+    settings = fetch_settings(allow_private=False, retries=0)
     async with Fetcher(settings, resolver=_no_resolver, network_backend=network) as fetcher:
         results = await fetcher.fetch_many([url, url + "a.jpg"])
     for result in results:
@@ -604,7 +574,7 @@ async def test_odd_ipv4_spellings_are_blocked_not_fetch_failed(url: str) -> None
 )
 async def test_spellings_httpx_rejects_are_still_blocked_by_the_guard(url: str) -> None:
     # Plain settings, no injected resolver: the guard must see these before httpx's URL parser rejects them.
-    async with Fetcher(_settings(allow_private=False, retries=0)) as fetcher:
+    async with Fetcher(fetch_settings(allow_private=False, retries=0)) as fetcher:
         with pytest.raises(MediaError) as info:
             await fetcher.fetch(url)
     assert info.value.reason == "blocked_address", info.value
@@ -622,7 +592,7 @@ async def test_results_stream_as_they_finish_and_a_slow_server_holds_up_only_its
         assert index not in arrived
         arrived[index] = time.monotonic() - started
 
-    async with Fetcher(_settings(concurrency=2, read_timeout=1)) as fetcher:
+    async with Fetcher(fetch_settings(concurrency=2, read_timeout=1)) as fetcher:
         results = await fetcher.fetch_many(urls, on_result=on_result)
     assert sorted(arrived) == list(range(len(urls)))
     assert results[0] == JPEG + b"\0" * 15 and results[1:] == [JPEG] * 5
@@ -631,11 +601,11 @@ async def test_results_stream_as_they_finish_and_a_slow_server_holds_up_only_its
 
 
 async def test_budget_smaller_than_the_batch_refuses_only_the_later_items(base: str, server: _Server) -> None:
-    keys = [_key() for _ in range(4)]
+    keys = [unique_key() for _ in range(4)]
     urls = [f"{base}/img?size=20000&key={k}" for k in keys]
     budget = ByteBudget(50_000)
     seen: list[int] = []
-    async with Fetcher(_settings(concurrency=1)) as fetcher:
+    async with Fetcher(fetch_settings(concurrency=1)) as fetcher:
         results = await fetcher.fetch_many(urls, on_result=lambda i, _: seen.append(i), budget=budget)
     assert [len(r) if isinstance(r, bytes) else type(r) for r in results] == [
         20000,
@@ -655,7 +625,7 @@ async def test_budget_smaller_than_the_batch_refuses_only_the_later_items(base: 
 async def test_budget_with_concurrent_downloads_still_lets_some_through(base: str) -> None:
     urls = [f"{base}/img?size=20000&i={i}" for i in range(4)]
     budget = ByteBudget(50_000)
-    async with Fetcher(_settings(concurrency=4)) as fetcher:
+    async with Fetcher(fetch_settings(concurrency=4)) as fetcher:
         results = await fetcher.fetch_many(urls, budget=budget)
     kinds = Counter("ok" if isinstance(r, bytes) else type(r).__name__ for r in results)
     assert kinds == {"ok": 2, "OverBudget": 2}
@@ -669,7 +639,7 @@ async def test_releasing_as_results_arrive_lets_the_whole_batch_through(base: st
         if isinstance(result, bytes):
             budget.release(len(result))  # what the pipeline does once an item is decoded
 
-    async with Fetcher(_settings(concurrency=1)) as fetcher:
+    async with Fetcher(fetch_settings(concurrency=1)) as fetcher:
         results = await fetcher.fetch_many([f"{base}/img?size=20000"] * 4, on_result=release, budget=budget)
     assert all(isinstance(r, bytes) and len(r) == 20000 for r in results)
     assert budget.in_flight == 0
@@ -677,7 +647,7 @@ async def test_releasing_as_results_arrive_lets_the_whole_batch_through(base: st
 
 async def test_budget_stops_a_stream_without_content_length_and_gives_its_bytes_back(base: str) -> None:
     budget = ByteBudget(30_000)
-    async with Fetcher(_settings(concurrency=1)) as fetcher:
+    async with Fetcher(fetch_settings(concurrency=1)) as fetcher:
         results = await fetcher.fetch_many(
             [f"{base}/img?size=20000", f"{base}/img-stream?size=20000"], budget=budget
         )
@@ -687,7 +657,7 @@ async def test_budget_stops_a_stream_without_content_length_and_gives_its_bytes_
 
 async def test_an_empty_budget_always_admits_one_body(base: str) -> None:
     budget = ByteBudget(10_000)  # smaller than the body
-    async with Fetcher(_settings()) as fetcher:
+    async with Fetcher(fetch_settings()) as fetcher:
         data = await fetcher.fetch(f"{base}/img-stream?size=20000", budget=budget)
         assert len(data) == 20000 and budget.in_flight == 20000
         with pytest.raises(OverBudget):  # the budget is no longer empty
@@ -697,7 +667,7 @@ async def test_an_empty_budget_always_admits_one_body(base: str) -> None:
 
 async def test_failed_downloads_give_their_bytes_back(base: str) -> None:
     budget = ByteBudget(1_000_000)
-    async with Fetcher(_settings(retries=1)) as fetcher:
+    async with Fetcher(fetch_settings(retries=1)) as fetcher:
         results = await fetcher.fetch_many(
             [f"{base}/html", f"{base}/img-stream?size={MAX_BYTES + 10}", f"{base}/missing"], budget=budget
         )

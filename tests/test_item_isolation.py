@@ -314,17 +314,17 @@ def test_a_value_the_database_refuses_fails_only_its_item(
     """A DataError while writing the batch is some item's doing: isolate it, do not release forever."""
     from sqlalchemy.exc import DataError
 
-    from imgaudit.store import repo
+    from imgaudit.store.sql import decisions as repo
 
     folder = _folder(tmp_path / "imgs", n=4)
-    real_finish = repo.DecisionTx.finish
+    real_finish = repo.SqlDecisionTx.finish
 
     def finish(self, completions, failures, max_attempts, worker=None):
         if any(c.width == POISON_SIDE for c in completions):
             raise DataError("UPDATE images", {}, ValueError("value too long"))
         return real_finish(self, completions, failures, max_attempts, worker)
 
-    monkeypatch.setattr(repo.DecisionTx, "finish", finish)
+    monkeypatch.setattr(repo.SqlDecisionTx, "finish", finish)
     _, counts = _ingest(settings, folder, fake_encoder)
     assert counts["status"] == {"done": 4, "failed_permanent": 1}
     assert counts["error"] == {"internal_error": 1}

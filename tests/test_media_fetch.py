@@ -6,22 +6,23 @@ import contextlib
 import io
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpcore
 import pytest
+from local_server import MAX_BYTES, LocalServer, fetch_settings, serving, unique_key
 from PIL import Image
 
 from imgaudit.config import FetchSettings
 from imgaudit.errors import (
     BlockedAddress,
     FetchError,
+    FetchRefused,
     FetchTimeout,
     HTTPStatusError,
     NotAnImage,
@@ -29,7 +30,6 @@ from imgaudit.errors import (
 )
 from imgaudit.media.fetch import (
     Fetcher,
-    FetchRefused,
     join_url,
     parse_retry_after,
     read_local,
@@ -46,7 +46,6 @@ def _encode(fmt: str, **params: Any) -> bytes:
 JPEG = _encode("JPEG")
 PNG = _encode("PNG")
 HTML = b"<!doctype html><html><body>" + b"not an image " * 20 + b"</body></html>"
-MAX_BYTES = 64 * 1024
 
 
 class _State:
@@ -153,44 +152,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    state: _State
+class _Server(LocalServer):
+    def __init__(self) -> None:
+        super().__init__(_Handler)
+        self.state = _State()
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[_Server]:
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.state = _State()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(_Server()) as srv:
+        yield srv
 
 
 @pytest.fixture
 def base(server: _Server) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}"
+    return server.base
 
 
 def _settings(**overrides: Any) -> FetchSettings:
-    values: dict[str, Any] = {
-        "allow_private": True,  # the test server is on loopback; the SSRF tests switch this off
-        "backoff": 0.01,
-        "retries": 2,
-        "connect_timeout": 2,
-        "read_timeout": 2,
-        "total_timeout": 5,
-        "max_bytes": MAX_BYTES,
-        "user_agent": "imgaudit-test/1.0",
-    }
-    values.update(overrides)
-    return FetchSettings(**values)
-
-
-def _key() -> str:
-    return uuid.uuid4().hex
+    return fetch_settings(**{"user_agent": "imgaudit-test/1.0", **overrides})
 
 
 class _Recorder(httpcore.AsyncNetworkBackend):
@@ -315,7 +295,7 @@ async def test_html_is_not_an_image(base: str) -> None:
 
 
 async def test_404_is_not_retried(base: str, server: _Server) -> None:
-    key = _key()
+    key = unique_key()
     async with Fetcher(_settings(retries=3)) as fetcher:
         with pytest.raises(HTTPStatusError) as info:
             await fetcher.fetch(f"{base}/missing?key={key}")
@@ -325,14 +305,14 @@ async def test_404_is_not_retried(base: str, server: _Server) -> None:
 
 
 async def test_500_then_ok_is_retried(base: str, server: _Server) -> None:
-    key = _key()
+    key = unique_key()
     async with Fetcher(_settings(retries=2)) as fetcher:
         assert await fetcher.fetch(f"{base}/flaky?key={key}&fail=2") == JPEG
     assert server.state.hits[key] == 3
 
 
 async def test_always_failing_gives_up_after_retries(base: str, server: _Server) -> None:
-    key = _key()
+    key = unique_key()
     started = time.monotonic()
     async with Fetcher(_settings(retries=2, backoff=0.05)) as fetcher:
         with pytest.raises(HTTPStatusError) as info:
@@ -343,7 +323,7 @@ async def test_always_failing_gives_up_after_retries(base: str, server: _Server)
 
 
 async def test_429_honours_retry_after(base: str, server: _Server) -> None:
-    key = _key()
+    key = unique_key()
     started = time.monotonic()
     async with Fetcher(_settings(retries=1, backoff=0)) as fetcher:
         assert await fetcher.fetch(f"{base}/rate?key={key}&after=0.3") == JPEG
@@ -408,7 +388,7 @@ async def test_redirect_limit(base: str) -> None:
 
 
 async def test_ssrf_guard_runs_before_connecting(base: str, server: _Server) -> None:
-    marker = _key()
+    marker = unique_key()
     recorder = _Recorder()
     async with Fetcher(_settings(allow_private=False), network_backend=recorder) as fetcher:
         with pytest.raises(BlockedAddress, match="loopback"):
@@ -443,7 +423,7 @@ async def test_redirect_to_internal_address_is_refused(base: str, server: _Serve
 async def test_fetch_many_keeps_order_and_returns_errors(base: str) -> None:
     urls = [
         f"{base}/ok.jpg",
-        f"{base}/missing?key={_key()}",
+        f"{base}/missing?key={unique_key()}",
         f"{base}/page.html",
         f"{base}/ok.png",
         "/relative/without/base.jpg",

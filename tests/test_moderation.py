@@ -14,7 +14,7 @@ from test_cli import cli
 
 from imgaudit.config import ModerationSettings
 from imgaudit.policy.moderation import decide
-from imgaudit.signals.text_risk import TextRules
+from imgaudit.rules.matcher import TextRules
 from imgaudit.testing import jpeg_bytes, textured_image
 from imgaudit.types import ClassScores, Code, Moderation, ModerationSignals, OcrLine, Quality
 

@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgaudit.errors import ConfigError, ModelError
-from imgaudit.models.clip import ImageTextEncoder
-from imgaudit.models.remote import (
-    DEFAULT_CAPTION_PROMPT,
-    HttpOptions,
-    Prices,
+from imgaudit.errors import (
+    ConfigError,
+    ModelError,
     RemoteBadResponse,
-    RemoteCaptioner,
-    RemoteEmbedder,
     RemoteError,
     RemoteRefused,
     RemoteTimeout,
-    TokenBucket,
 )
+from imgaudit.models.clip import ImageTextEncoder
+from imgaudit.models.remote.client import HttpOptions
+from imgaudit.models.remote.dashscope_embedding import RemoteEmbedder
+from imgaudit.models.remote.openai_chat import DEFAULT_CAPTION_PROMPT, RemoteCaptioner
+from imgaudit.models.remote.rate_limit import RateLimit
+from imgaudit.models.remote.usage import Prices
 
 KEY = "sk-test-0123456789abcdef"
 DIM = 8
@@ -389,20 +389,34 @@ def test_rate_limit_spaces_requests(server: FakeServer) -> None:
     assert times[-1] - times[0] >= 0.35
 
 
-def test_token_bucket_reserves_slots_in_order() -> None:
-    now = [0.0]
-    waits: list[float] = []
-    bucket = TokenBucket(10, burst=2, clock=lambda: now[0], sleep=waits.append)
-    assert [bucket.acquire() for _ in range(4)] == pytest.approx([0.0, 0.0, 0.1, 0.2])
-    now[0] = 10.0  # long idle: refilled, but only up to the burst
-    assert [bucket.acquire() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.1])
-    assert TokenBucket(0).acquire() == 0.0
-
-
-def test_token_bucket_is_thread_safe() -> None:
-    bucket = TokenBucket(50, burst=1)
+def _acquire_times(limit: RateLimit, n: int) -> list[float]:
     start = time.monotonic()
-    threads = [threading.Thread(target=bucket.acquire) for _ in range(8)]
+    times = []
+    for _ in range(n):
+        limit.acquire()
+        times.append(time.monotonic() - start)
+    return times
+
+
+def test_rate_limit_spends_the_burst_then_spaces_calls_at_the_rate() -> None:
+    limit = RateLimit(10, burst=2)
+    first = _acquire_times(limit, 4)
+    assert first[1] < 0.05  # the burst goes at once
+    assert first[2] == pytest.approx(0.1, abs=0.04) and first[3] == pytest.approx(0.2, abs=0.04)
+    time.sleep(0.5)  # long idle: refilled, but only up to the burst
+    again = _acquire_times(limit, 3)
+    assert again[1] < 0.05 and again[2] == pytest.approx(0.1, abs=0.04)
+    start = time.monotonic()
+    unlimited = RateLimit(0)
+    for _ in range(100):
+        unlimited.acquire()
+    assert time.monotonic() - start < 0.05
+
+
+def test_rate_limit_is_thread_safe() -> None:
+    limit = RateLimit(50, burst=1)
+    start = time.monotonic()
+    threads = [threading.Thread(target=limit.acquire) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -9,12 +9,18 @@ from pathlib import Path
 import pytest
 from PIL import ImageDraw, ImageFont
 
-from imgaudit.bootstrap import dedup_service
+from imgaudit.bootstrap import dedup_service, index_backend
 from imgaudit.config import Settings
-from imgaudit.index.text_index import TantivyTextIndex
+from imgaudit.errors import InvalidRequest
+from imgaudit.index.tantivy_index import TantivyTextIndex
+from imgaudit.index.text_base import TextIndex
+from imgaudit.label_space import LabelSpace
+from imgaudit.models.clip import ImageTextEncoder
+from imgaudit.models.text import TextEncoder
 from imgaudit.models.visual import VisualEncoder
+from imgaudit.services.dedup import DedupService
 from imgaudit.services.search import SearchFilters, SearchService
-from imgaudit.signals.semantic import LabelSpace
+from imgaudit.services.search_index import SearchIndexes
 from imgaudit.sources.files import FolderSource
 from imgaudit.testing import FakeTextEncoder, jpeg_bytes, textured_image
 from imgaudit.types import ImageRef
@@ -47,6 +53,21 @@ def make_folder(root: Path) -> Path:
     return folder
 
 
+def open_search(
+    settings: Settings,
+    dedup: DedupService,
+    encoder: TextEncoder,
+    labels: LabelSpace,
+    text_index: TextIndex,
+    clip: ImageTextEncoder | None = None,
+) -> SearchService:
+    """A search service wired as bootstrap wires it, over a given text encoder and BM25 index."""
+    indexes = SearchIndexes(
+        settings.data_dir / "search", dedup.store, encoder, labels, text_index, index_backend(settings), clip
+    )
+    return SearchService(settings, dedup.store, indexes, dedup)
+
+
 @pytest.fixture
 def searched(
     settings: Settings, fake_encoder: VisualEncoder, tmp_path: Path
@@ -57,7 +78,7 @@ def searched(
         dedup.enqueue(FolderSource(folder).refs(), "folder")
         dedup.process_queue()
         index = TantivyTextIndex(settings.data_dir / "search" / "bm25")
-        svc = SearchService(settings, dedup.store, text, LabelSpace(text, tmp_path / "cache"), index, dedup)
+        svc = open_search(settings, dedup, text, LabelSpace(text, tmp_path / "cache"), index)
         try:
             yield svc, folder
         finally:
@@ -80,7 +101,7 @@ def test_sync_follows_the_store_once(searched: tuple[SearchService, Path]) -> No
     assert svc.pending() == 7
     assert svc.sync() == 7
     assert svc.pending() == 0 and svc.sync() == 0
-    assert len(svc.dense["labels"]) == 7
+    assert len(svc.indexes.dense["labels"]) == 7
 
 
 def test_chinese_caption_found_by_a_word_inside_it(searched: tuple[SearchService, Path]) -> None:
@@ -127,24 +148,23 @@ def test_indexes_survive_a_restart_and_are_rebuilt_for_another_model(
 ) -> None:
     svc, _ = searched
     svc.sync()
-    again = SearchService(svc.settings, svc.store, svc.encoder, svc.label_space, svc.text_index, svc.dedup)
-    assert again.seq == svc.seq and again.pending() == 0 and len(again.dense["labels"]) == 7
+    ix = svc.indexes
+    again = open_search(svc.settings, svc.dedup, ix.encoder, ix.label_space, ix.text)
+    assert again.indexes.seq == ix.seq and again.pending() == 0 and len(again.indexes.dense["labels"]) == 7
 
     class Other(FakeTextEncoder):
         name = "another-model/v2"
 
     other = Other()
-    rebuilt = SearchService(
-        svc.settings, svc.store, other, LabelSpace(other, tmp_path / "c2"), svc.text_index, svc.dedup
-    )
-    assert rebuilt.seq == 0 and rebuilt.pending() == 7
+    rebuilt = open_search(svc.settings, svc.dedup, other, LabelSpace(other, tmp_path / "c2"), ix.text)
+    assert rebuilt.indexes.seq == 0 and rebuilt.pending() == 7
 
 
 def test_duplicate_groups(searched: tuple[SearchService, Path]) -> None:
     svc, _ = searched
     (group,) = svc.groups("duplicates")
     assert group.size == 2 and uri(svc, group.representative.id) == "p1.jpg"
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest):
         svc.groups("nonsense")
 
 
@@ -158,7 +178,7 @@ def test_similar_groups_use_the_visual_index(searched: tuple[SearchService, Path
 
 def test_an_empty_query_is_an_error(searched: tuple[SearchService, Path]) -> None:
     svc, _ = searched
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest):
         svc.search("   ")
 
 
@@ -201,7 +221,7 @@ def test_a_configured_clip_joins_the_search(
         rec = dedup.store.find_by_uri(str((folder / "red.png").resolve()))
         assert rec is not None and rec.clip_embedding is not None
         index = TantivyTextIndex(None)
-        svc = SearchService(settings, dedup.store, text, LabelSpace(text, tmp_path / "c"), index, dedup, clip)
+        svc = open_search(settings, dedup, text, LabelSpace(text, tmp_path / "c"), index, clip)
         for word in ("red", "green"):
             res = svc.search(word, per_page=3)
             top = res.hits[0]
@@ -216,7 +236,7 @@ def test_captions_from_a_captioner_are_stored_and_searchable(
 ) -> None:
     """The remote captioner's description is kept with the image and indexed like a caption; a failed
     caption leaves the image without one instead of failing it."""
-    from imgaudit.models.remote import RemoteError
+    from imgaudit.errors import RemoteError
 
     class Captioner:
         def caption_many(self, images: list[object]) -> list[str | RemoteError]:
@@ -236,9 +256,7 @@ def test_captions_from_a_captioner_are_stored_and_searchable(
         second = dedup.store.find_by_uri(str((folder / "1.jpg").resolve()))
         assert first is not None and first.ai_caption == "一双棕色皮靴 brown leather boots"
         assert second is not None and second.ai_caption is None and second.status == "done"
-        svc = SearchService(
-            settings, dedup.store, text, LabelSpace(text, tmp_path / "c"), TantivyTextIndex(None), dedup
-        )
+        svc = open_search(settings, dedup, text, LabelSpace(text, tmp_path / "c"), TantivyTextIndex(None))
         top = svc.search("皮靴").hits[0]
         assert top.record.id == first.id and "bm25" in top.ranks
 
@@ -248,5 +266,7 @@ def test_a_reset_store_empties_the_search_indexes(searched: tuple[SearchService,
     svc.sync()
     assert svc.search("连衣裙").hits
     svc.store.reset()
-    again = SearchService(svc.settings, svc.store, svc.encoder, svc.label_space, svc.text_index, svc.dedup)
-    assert again.seq == 0 and len(again.dense["labels"]) == 0 and again.search("连衣裙").hits == []
+    ix = svc.indexes
+    again = open_search(svc.settings, svc.dedup, ix.encoder, ix.label_space, ix.text)
+    assert again.indexes.seq == 0 and len(again.indexes.dense["labels"]) == 0
+    assert again.search("连衣裙").hits == []

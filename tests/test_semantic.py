@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from imgaudit.errors import ModelError
+from imgaudit.label_space import BASELINE, LabelConfig, LabelSpace, label_prompts
 from imgaudit.models.text import E5TextEncoder, TextEncoder, normalize_text
-from imgaudit.signals.semantic import (
-    BASELINE,
-    N_CLASSES,
-    LabelConfig,
-    LabelSpace,
-    attribute_text,
-    class_names,
-    colour_names,
-    hypernym_nodes,
-    label_prompts,
-)
+from imgaudit.signals.colour import attribute_text, colour_names
+from imgaudit.signals.labels import N_CLASSES, class_names, hypernym_nodes
+from imgaudit.testing import FakeTextEncoder
 
-DIM = 256
-
-
-class FakeTextEncoder:
-    """Deterministic bag of character bigrams hashed into DIM buckets: texts sharing words are close."""
-
-    def __init__(self, name: str = "fake/1") -> None:
-        self._name = name
-        self.calls = 0
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dim(self) -> int:
-        return DIM
-
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls += 1
-        out = np.zeros((len(texts), DIM), np.float32)
-        for i, t in enumerate(texts):
-            t = normalize_text(t).lower()
-            for a, b in itertools.pairwise(t):
-                out[i, int(hashlib.md5((a + b).encode()).hexdigest(), 16) % DIM] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    def queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(texts)
-
-    def passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(texts)
+DIM = FakeTextEncoder.dim
 
 
 def peaked(index: int, mass: float = 0.9) -> np.ndarray:

@@ -14,7 +14,7 @@ from imgaudit.config import Settings, load_settings
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.sources import files
 from imgaudit.sources.files import FolderSource, UrlListSource, source_for
-from imgaudit.store.repo import SqlStore
+from imgaudit.store.sql import SqlStore
 from imgaudit.testing import textured_image
 from imgaudit.types import Status
 

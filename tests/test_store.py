@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
-from imgaudit.errors import CorruptImage, FetchTimeout, NotFound
-from imgaudit.store.repo import Completion, Failure, SqlStore
+from imgaudit.errors import CorruptImage, FetchTimeout, NotFound, StoreUnavailable
+from imgaudit.store.ports import (
+    CursorStore,
+    DecisionStore,
+    ItemStore,
+    QueueStore,
+    SearchFeedStore,
+    StatsStore,
+)
 from imgaudit.store.schema import ImageRow, utcnow
-from imgaudit.types import Decision, DedupSignals, ImageRef, Stage, Status, Verdict
+from imgaudit.store.sql import SqlStore
+from imgaudit.types import Completion, Decision, DedupSignals, Failure, ImageRef, Stage, Status, Verdict
 
 
 @pytest.fixture
@@ -28,7 +39,13 @@ def signals(i: int) -> DedupSignals:
 def complete(item_id: int, i: int, decision=Decision.UNIQUE, dup=None) -> Completion:
     stage = Stage.NONE if decision == Decision.UNIQUE else Stage.EMBEDDING
     return Completion(
-        item_id, signals(i), Verdict(decision, stage, 0.9, dup), "JPEG", 10, 20, decision == Decision.UNIQUE
+        id=item_id,
+        signals=signals(i),
+        verdict=Verdict(decision, stage, 0.9, dup),
+        format="JPEG",
+        width=10,
+        height=20,
+        indexed=decision == Decision.UNIQUE,
     )
 
 
@@ -77,7 +94,11 @@ def test_finish_records_signals_and_verdicts(store: SqlStore) -> None:
 def test_failures_retry_until_permanent(store: SqlStore) -> None:
     store.enqueue([ImageRef("/slow"), ImageRef("/bad")], "folder")
     slow, bad = store.claim("w", 2, 60)
-    store.finish([], [Failure(slow.id, FetchTimeout()), Failure(bad.id, CorruptImage("truncated"))], 2)
+    store.finish(
+        [],
+        [Failure(id=slow.id, error=FetchTimeout()), Failure(id=bad.id, error=CorruptImage("truncated"))],
+        2,
+    )
     assert store.get(slow.id).status == Status.FAILED_RETRYABLE
     rec = store.get(bad.id)
     assert (
@@ -90,7 +111,7 @@ def test_failures_retry_until_permanent(store: SqlStore) -> None:
         s.execute(update(ImageRow).values(available_at=utcnow()))
     (again,) = store.claim("w", 2, 60)
     assert again.id == slow.id and again.attempts == 2
-    store.finish([], [Failure(slow.id, FetchTimeout())], 2)
+    store.finish([], [Failure(id=slow.id, error=FetchTimeout())], 2)
     assert store.get(slow.id).status == Status.FAILED_PERMANENT  # max_attempts reached
     assert store.requeue_failed() == 0
     assert store.requeue_failed(permanent=True) == 2
@@ -160,7 +181,7 @@ def test_workers_opening_a_fresh_store_together_all_succeed(database_url: str) -
     import subprocess
     import sys
 
-    code = "import sys; from imgaudit.store.repo import SqlStore; SqlStore(sys.argv[1]).close()"
+    code = "import sys; from imgaudit.store.sql import SqlStore; SqlStore(sys.argv[1]).close()"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE, text=True)
         for _ in range(4)
@@ -189,7 +210,7 @@ def test_cursor_upsert_and_nul_in_errors(store: SqlStore) -> None:
     assert store.get_cursor("external:t") == "9"
     store.enqueue([ImageRef("/x")], "folder")
     (c,) = store.claim("w", 1, 60)
-    store.finish([], [Failure(c.id, CorruptImage("bad \x00 byte"))], 1)
+    store.finish([], [Failure(id=c.id, error=CorruptImage("bad \x00 byte"))], 1)
     assert "\\x00" in store.get(c.id).last_error
 
 
@@ -243,7 +264,7 @@ def test_uri_hash_of_text_is_unchanged() -> None:
     """Stores written before keep matching: every valid string still hashes as its UTF-8."""
     import hashlib
 
-    from imgaudit.store.repo import uri_hash
+    from imgaudit.store.encoding import uri_hash
 
     for uri in ("/a.jpg", "https://cdn.example/é.jpg", "key:t@db:42"):
         assert uri_hash(uri) == hashlib.sha256(uri.encode("utf-8")).hexdigest()
@@ -258,7 +279,7 @@ def test_what_the_database_cannot_hold_fails_only_its_own_item(store: SqlStore) 
     a, c = store.claim("w", 10, 60)
     assert store.get(c.id).caption is not None
     # A failure quoting a name that is not UTF-8 is stored, not raised from the batch.
-    store.finish([], [Failure(a.id, CorruptImage("cannot read /imgs/\udcff.jpg"))], 1)
+    store.finish([], [Failure(id=a.id, error=CorruptImage("cannot read /imgs/\udcff.jpg"))], 1)
     assert store.get(a.id).last_error == "cannot read /imgs/\\xff.jpg"
 
 
@@ -276,3 +297,133 @@ def test_leases_of_a_gone_claimer_can_end_at_once(store: SqlStore) -> None:
     assert "claimer_gone" in [e["event"] for e in store.events(again[0].id)]
     assert {lease.worker for lease in store.leases()} == {"alive", "rerun"}
     assert store.expire_leases([]) == 0
+
+
+# -- the database away --------------------------------------------------------------------------------------
+
+
+PORTS = (QueueStore, DecisionStore, ItemStore, StatsStore, CursorStore, SearchFeedStore)
+
+
+def _methods(port: type) -> set[str]:
+    return {name for name, value in vars(port).items() if callable(value) and not name.startswith("_")}
+
+
+def _decide(store: SqlStore) -> int:
+    with store.decision_lock() as tx:  # on SQLite the lock is taken by the first statement
+        return tx.count_indexed()
+
+
+def _every_public_call(store: SqlStore) -> dict[str, Callable[[], object]]:
+    c = complete(1, 1)
+    return {
+        "enqueue": lambda: store.enqueue([ImageRef("/a")], "folder"),
+        "claim": lambda: store.claim("w", 1, 60),
+        "leases": store.leases,
+        "expire_leases": lambda: store.expire_leases(["w"]),
+        "release": lambda: store.release([1]),
+        "extend_leases": lambda: store.extend_leases("w", [1], 60),
+        "requeue_failed": store.requeue_failed,
+        "decision_lock": lambda: _decide(store),
+        "finish": lambda: store.finish([c], [], 3),
+        "find_exact": lambda: store.find_exact("a", "b"),
+        "index_changes": lambda: store.index_changes(0),
+        "last_index_seq": store.last_index_seq,
+        "get": lambda: store.get(1),
+        "get_many": lambda: store.get_many([1]),
+        "facets": lambda: store.facets([1]),
+        "find_by_uri": lambda: store.find_by_uri("/a"),
+        "find": lambda: store.find("1"),
+        "events": lambda: store.events(1),
+        "iter_indexed": lambda: list(store.iter_indexed()),
+        "count_indexed": store.count_indexed,
+        "copies_of": lambda: store.copies_of([1]),
+        "duplicate_pairs": store.duplicate_pairs,
+        "counts": store.counts,
+        "activity": store.activity,
+        "get_cursor": lambda: store.get_cursor("c"),
+        "set_cursor": lambda: store.set_cursor("c", "1"),
+        "pending_writebacks": lambda: store.pending_writebacks(10),
+        "mark_written": lambda: store.mark_written([1]),
+        "search_feed": lambda: store.search_feed(0),
+        "last_search_seq": store.last_search_seq,
+        "reset": store.reset,
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(
+            "postgresql+psycopg://imgaudit@127.0.0.1:1/x?connect_timeout=5", id="postgresql-refused"
+        ),
+        pytest.param("sqlite:///{tmp_path}", id="sqlite-unopenable"),  # a directory is no database file
+    ],
+)
+def test_every_store_method_reports_the_database_away_as_store_unavailable(url: str, tmp_path: Path) -> None:
+    """Callers above the store tell an outage from a refused value without importing SQLAlchemy."""
+    with pytest.raises(StoreUnavailable) as opened:
+        SqlStore(url.format(tmp_path=tmp_path))  # migrating on open needs the database
+    assert isinstance(opened.value.__cause__, OperationalError) and opened.value.retryable
+    store = SqlStore(url.format(tmp_path=tmp_path), auto_migrate=False)
+    calls = _every_public_call(store)
+    # Every method of every port is exercised: a method added later must be added here too.
+    assert set(calls) == {name for port in PORTS for name in _methods(port)} | {"reset"}
+    answered = []
+    for name, call in calls.items():
+        try:
+            call()
+        except StoreUnavailable as exc:
+            assert exc.message.startswith("the database is unavailable: OperationalError"), exc.message
+        else:
+            answered.append(name)
+    assert answered == []
+    store.close()
+
+
+def test_a_decision_step_inside_the_lock_reports_an_outage_itself(store: SqlStore) -> None:
+    store.enqueue([ImageRef("/a")], "folder")
+    (a,) = store.claim("w", 1, 60)
+    with pytest.raises(StoreUnavailable), store.decision_lock() as tx:
+        tx.s.connection().invalidate()  # the connection is lost in the middle of the decision
+        with pytest.raises(StoreUnavailable):
+            tx.finish([complete(a.id, 1)], [], 3, "w")
+    assert store.get(a.id).status == Status.PROCESSING  # nothing was written
+
+
+def test_a_refused_value_is_not_an_outage() -> None:
+    """The pipeline isolates the item behind a refused value; an outage sends the batch back."""
+    from imgaudit.store.outages import is_store_failure, unavailable_on_outage
+
+    refused = IntegrityError("INSERT", {}, ValueError("duplicate key"))
+    with pytest.raises(IntegrityError), unavailable_on_outage():
+        raise refused
+    with pytest.raises(StoreUnavailable), unavailable_on_outage():
+        raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
+    assert not is_store_failure(refused) and not is_store_failure(DataError("UPDATE", {}, ValueError()))
+    assert is_store_failure(StoreUnavailable()) and is_store_failure(ConnectionResetError())
+    assert not is_store_failure(ValueError())
+
+
+def test_a_locked_sqlite_database_is_an_outage(tmp_path: Path) -> None:
+    """Another process holding the write lock past the busy timeout: the store is away, not the item."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    SqlStore(url).close()
+    store = SqlStore(url, auto_migrate=False)
+
+    @event.listens_for(store.engine, "connect", insert=True)
+    def _short_busy_timeout(dbapi_conn, _record) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout = 100")  # milliseconds, not the store's 30 s
+
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            store.enqueue([ImageRef("/a")], "folder")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.enqueue([ImageRef("/a")], "folder") == (1, 0)
+    store.close()

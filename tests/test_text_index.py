@@ -13,17 +13,9 @@ import jieba
 import pytest
 
 from imgaudit.errors import StoreError
-from imgaudit.index.text_index import (
-    META_FILE,
-    MemoryTextIndex,
-    TantivyTextIndex,
-    TextDoc,
-    TextFilters,
-    TextIndex,
-    analyze,
-    analyze_field,
-    parse_query,
-)
+from imgaudit.index.tantivy_index import META_FILE, TantivyTextIndex
+from imgaudit.index.text_analysis import analyze, analyze_field, parse_query
+from imgaudit.index.text_base import MemoryTextIndex, TextDoc, TextFilters, TextIndex
 
 
 def doc(
@@ -275,7 +267,7 @@ def test_an_index_from_another_analyzer_must_be_rebuilt(tmp_path: Path) -> None:
 
 
 def test_jieba_loads_quietly() -> None:
-    code = "from imgaudit.index.text_index import analyze; assert analyze('红色连衣裙')"
+    code = "from imgaudit.index.text_analysis import analyze; assert analyze('红色连衣裙')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr == ""
 

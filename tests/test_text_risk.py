@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from imgaudit.errors import ConfigError
-from imgaudit.signals.text_risk import CONTACT_INFO, TextHit, TextRules, normalise
+from imgaudit.rules.compile import CONTACT_INFO
+from imgaudit.rules.matcher import TextHit, TextRules
+from imgaudit.rules.normalise import normalise
 
 
 @pytest.fixture(scope="module")
@@ -479,7 +481,7 @@ def test_normalise_drops_invisible_characters_but_keeps_latin_spaces() -> None:
 
 def test_rules_are_immutable(rules: TextRules) -> None:
     with pytest.raises(AttributeError):
-        rules._gap_max = 0  # type: ignore[misc]
+        rules._set.gap_max = 0  # type: ignore[misc]
 
 
 def test_a_rule_file_turns_a_built_in_word_list_off(tmp_path: Path) -> None:

@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 from dbs import db_env
 
-from imgaudit.cli import daemon
-from imgaudit.cli.daemon import is_worker_process, read_pid
-from imgaudit.cli.logs import configure_logging, follow, tail_lines
+from imgaudit.cli.logs import configure_logging
 from imgaudit.config import Settings, load_settings
-from imgaudit.store.repo import SqlStore
+from imgaudit.services import runfiles
+from imgaudit.services.runfiles import follow, read_pid, tail_lines
+from imgaudit.services.workers import is_worker_process
+from imgaudit.store.sql import SqlStore
 from imgaudit.testing import jpeg_bytes, textured_image
 
 CLI = [sys.executable, "-m", "imgaudit.cli"]
@@ -323,20 +324,33 @@ def test_a_recycled_pid_is_never_signalled(bench: Bench) -> None:
 
 
 def test_start_failure_shows_the_log(bench: Bench) -> None:
-    """A worker that dies while starting: start says so with the end of its log, exits 1, no pid file."""
+    """A worker refused by its settings while starting: start says why with the end of its log, exits 1,
+    leaves no pid file."""
     run = bench.run("worker", "start", expect=1, IMGAUDIT_INDEX__BACKEND="bogus")
     assert "exited with code 1 while starting" in run.stderr
-    assert "ValueError: unknown index backend 'bogus'" in run.stderr  # the end of the traceback
+    assert "error: unknown index backend 'bogus'" in run.stderr  # the last line of the log
     assert not bench.pid_file().exists()
-    assert "worker crashed" in bench.log_file().read_text()
+    assert "unknown index backend 'bogus'" in bench.log_file().read_text()
+
+
+def test_start_crash_shows_the_traceback(bench: Bench) -> None:
+    """A worker that crashes while starting (an error nobody foresaw): the log keeps the traceback and
+    start shows its end."""
+    blocker = bench.root / "not-a-directory"
+    blocker.write_text("")
+    run = bench.run("worker", "start", expect=1, IMGAUDIT_CACHE_DIR=str(blocker / "cache"))
+    assert "exited with code 1 while starting" in run.stderr
+    assert not bench.pid_file().exists()
+    log = bench.log_file().read_text()
+    assert "worker crashed" in log and "Traceback" in log
 
 
 def test_file_layout_matches_the_worker(settings: Settings) -> None:
-    """daemon.py repeats imgaudit.worker's file names (to stay quick to import): they must agree."""
+    """The worker writes its status file where the management commands read it: one layout, defined once."""
     from imgaudit import worker
 
-    assert daemon.run_dir(settings) == worker.run_dir(settings)
-    assert daemon.status_path(settings, "w-1") == worker.status_path(settings, "w-1")
+    assert worker.status_path is runfiles.status_path and worker.write_status is runfiles.write_status
+    assert runfiles.status_path(settings, "w-1") == settings.data_dir / "run" / "worker-w-1.json"
 
 
 def test_worker_names_are_checked(bench: Bench) -> None:
@@ -494,3 +508,42 @@ def test_invalid_log_level(settings: Settings, restore_logging: None) -> None:
     settings = settings.model_copy(update={"log": settings.log.model_copy(update={"level": "LOUD"})})
     with pytest.raises(ConfigError, match=r"log\.level"):
         configure_logging(settings, "x", to_stderr=False)
+
+
+# -- store outages -----------------------------------------------------------------------------------------
+
+
+def test_the_worker_waits_out_a_store_outage(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """The store raising StoreUnavailable (the database away) is waited out, not a crash; the status file
+    keeps its last queue depth meanwhile."""
+    from imgaudit.errors import StoreUnavailable
+    from imgaudit.services.worker import StepReport
+    from imgaudit.worker import Worker
+
+    class FlakyService:
+        worker_id = "test"
+        steps = 0
+
+        def queue_depth(self) -> int:
+            if self.steps:
+                raise StoreUnavailable("the database is unavailable: OperationalError: gone")
+            return 4
+
+        def step(self, on_claimed: object) -> StepReport:
+            self.steps += 1
+            if self.steps == 1:
+                raise StoreUnavailable("the database is unavailable: OperationalError: gone")
+            return StepReport()
+
+        def save(self) -> None:
+            pass
+
+    worker_settings = settings.worker.model_copy(update={"idle_sleep": 0.01, "status_every": 0})
+    settings = settings.model_copy(update={"worker": worker_settings})
+    service = FlakyService()
+    with caplog.at_level(logging.WARNING, logger="imgaudit.worker"):
+        stats = Worker(settings, service, "t").run(once=True)
+    assert service.steps == 2 and stats.processed == 0
+    assert "database unavailable (the database is unavailable: OperationalError: gone)" in caplog.text
+    status = json.loads((settings.data_dir / "run" / "worker-t.json").read_text())
+    assert status["state"] == "stopped" and status["queue_depth"] == 4

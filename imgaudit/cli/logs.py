@@ -1,49 +1,30 @@
 """Worker logging: one rotating file per worker name, text or JSON Lines, optionally echoed to stderr.
 
 Only the entry points configure logging (library modules just call ``logging.getLogger``), so a test or
-an embedding application keeps control of its own handlers. The file lives next to the pid and status
-files' data directory (``data_dir/logs/worker-<name>.log``) so ``imgaudit worker logs`` can find it
-without being told where it is.
+an embedding application keeps control of its own handlers. The file lives in the data directory with
+the worker's other run files (``data_dir/logs/worker-<name>.log``, see ``imgaudit.services.runfiles``)
+so ``imgaudit worker logs`` can find it without being told where it is.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import json
 import logging
 import logging.handlers
 import os
-import re
 import sys
-import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 from imgaudit.config import Settings
 from imgaudit.errors import ConfigError
-
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+from imgaudit.services.runfiles import log_path
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is worth keeping.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-def check_worker_name(name: str) -> str:
-    """Worker names become file names (pid, status, log): refuse anything that could escape the folder."""
-    if not NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"invalid worker name {name!r}: use letters, digits, '_', '-', '.', '@' (at most 64 characters)"
-        )
-    return name
-
-
-def log_path(settings: Settings, name: str) -> Path:
-    """Where the worker called ``name`` writes its log."""
-    return settings.data_dir / "logs" / f"worker-{check_worker_name(name)}.log"
 
 
 def _utc_stamp(created: float) -> str:
@@ -166,69 +147,3 @@ def _log_uncaught_exceptions() -> None:
         logging.getLogger("imgaudit").critical("worker crashed: %s", exc, exc_info=(exc_type, exc, tb))
 
     sys.excepthook = hook
-
-
-# -- reading logs (``imgaudit worker logs``) -------------------------------------------------------------
-
-
-def tail_lines(f: BinaryIO, n: int, block: int = 8192) -> list[str]:
-    """The last ``n`` lines of an open binary file, read backwards in blocks (logs can be large);
-    leaves the file positioned at its end."""
-    f.seek(0, os.SEEK_END)
-    end = f.tell()
-    if n <= 0:
-        return []
-    data = b""
-    pos = end
-    while pos > 0 and data.count(b"\n") <= n:
-        step = min(block, pos)
-        pos -= step
-        f.seek(pos)
-        data = f.read(step) + data
-    f.seek(end)
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[-n:]
-
-
-def follow(
-    path: Path,
-    f: BinaryIO,
-    *,
-    interval: float = 0.5,
-    should_stop: Callable[[], bool] = lambda: False,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[str]:
-    """Text appended to the log from ``f``'s position on, like ``tail -F``.
-
-    Survives rotation (the path now names a new file: the old one is drained, then the new one is read
-    from its start) and truncation (read again from the start). Yields whatever arrived, not
-    necessarily whole lines; stops when ``should_stop()`` says so between polls.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    inode = os.fstat(f.fileno()).st_ino
-    try:
-        while True:
-            chunk = f.read()
-            if chunk:
-                yield decoder.decode(chunk)
-                continue
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:  # between the rename and the new file: wait for it
-                st = None
-            if st is not None and st.st_ino != inode:
-                rest = f.read()  # written to the old file just before it was renamed
-                if rest:
-                    yield decoder.decode(rest)
-                f.close()
-                f = open(path, "rb")  # noqa: SIM115 - closed on the next rotation or in finally
-                inode = os.fstat(f.fileno()).st_ino
-                continue
-            if st is not None and st.st_size < f.tell():  # truncated in place
-                f.seek(0)
-                continue
-            if should_stop():
-                return
-            sleep(interval)
-    finally:
-        f.close()

@@ -2,8 +2,9 @@
 ``imgaudit models prepare`` (the one-time model files).
 
 ``cli/main.py`` registers them (``app.command("train")(train_command)``, ``app.add_typer(models_app,
-name="models")``). Like ``daemon.py`` this module takes main's helpers late (main imports it), and goes
-through ``imgaudit.bootstrap``, ``imgaudit.services.training`` and ``imgaudit.services.prepare`` only.
+name="models")``). ``imgaudit.bootstrap``, ``imgaudit.services.training`` and ``imgaudit.services.prepare``
+are imported inside the commands: they load torch, scikit-learn and ONNX Runtime (seconds), which
+``--help`` and the other groups' commands never need.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from imgaudit.cli.app import App
-from imgaudit.cli.output import RATE, cell, clean, progress
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config file.", exists=True, dir_okay=False)
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout, for scripts.")]
+from imgaudit.cli.common import (
+    RATE,
+    App,
+    ConfigOpt,
+    JsonOpt,
+    command_settings,
+    emit,
+    progress,
+    step_progress,
+)
+from imgaudit.cli.output import cell, clean, console, out
 
 models_app = App(
     help="One-time model files (prepare); saved classifier heads (list, promote, rollback).",
@@ -30,13 +35,6 @@ models_app = App(
 )
 
 PHASES = {"embed": "decode + embed", "decode": "decode", "finetune": "fine-tune"}
-
-
-def _cli() -> Any:
-    """The main CLI module, for its shared helpers (imported late: it imports this module)."""
-    from imgaudit.cli import main
-
-    return main
 
 
 @contextmanager
@@ -65,7 +63,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _print_metrics(result: dict[str, Any]) -> None:
-    out = _cli().out
     m = result["metrics"]
     table = Table("class", "precision", "recall", "F1", "support", title="held-out evaluation")
     for cls, row in m["per_class"].items():
@@ -117,12 +114,10 @@ def train_command(
 ) -> None:
     """Train a classifier head on DATASET_DIR/<label>/ images; save it as a new version (not active unless
     --promote). Default: a linear head on the shared descriptor (seconds); --finetune: the whole network."""
-    cli = _cli()
-    with cli._errors():
-        from imgaudit.bootstrap import build_encoder
-        from imgaudit.services.training import TrainOptions, train
+    from imgaudit.bootstrap import build_encoder
+    from imgaudit.services.training import TrainOptions, train
 
-        settings = cli._settings(config)
+    with command_settings(config) as settings:
         encoder = build_encoder(settings)
         options = TrainOptions(
             name=name,
@@ -133,13 +128,12 @@ def train_command(
             epochs=epochs,
             batch_size=batch_size,
         )
-        with _progress(as_json) as progress:
-            result = train(settings, dataset_dir, encoder, options, progress)
+        with _progress(as_json) as report:
+            result = train(settings, dataset_dir, encoder, options, report)
         data = result.as_dict()
         if as_json:
-            cli._emit({"event": "train", **data})
+            emit({"event": "train", **data})
             return
-        console, out = cli.console, cli.out
         if data["skipped"]:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(data["skipped"].items()))
             examples = ", ".join([e for ex in data["skipped_examples"].values() for e in ex][:3])
@@ -196,15 +190,14 @@ def list_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Every saved classifier version with its held-out metrics; * marks the active one."""
     from imgaudit.services.training import list_models
 
-    cli = _cli()
-    with cli._errors():
-        rows = list_models(cli._settings(config))
+    with command_settings(config) as settings:
+        rows = list_models(settings)
         if as_json:
             for row in rows:
-                cli._emit(row)
+                emit(row)
             return
         if not rows:
-            cli.out.print("no classifiers yet: imgaudit train DATASET_DIR", markup=False)
+            out.print("no classifiers yet: imgaudit train DATASET_DIR", markup=False)
             return
         fixed = [Column(h, no_wrap=True) for h in ("model", "kind")]  # wrap the classes, not the names
         table = Table("", *fixed, "classes", "train/test", "accuracy", "ROC-AUC", "Brier", "created (UTC)")
@@ -223,24 +216,22 @@ def list_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                 _fmt(r["brier"]),
                 str(r["created_at"] or "")[:16].replace("T", " "),
             )
-        cli.out.print(table)
+        out.print(table)
 
 
 def _switch(
     verb: str, fn: Callable[..., dict[str, Any]], config: Path | None, as_json: bool, *args: Any
 ) -> None:
-    cli = _cli()
-    with cli._errors():
-        from imgaudit.bootstrap import build_encoder
+    from imgaudit.bootstrap import build_encoder
 
-        settings = cli._settings(config)
+    with command_settings(config) as settings:
         result = fn(settings, *args, build_encoder(settings))
         if as_json:
-            cli._emit({"event": verb, **result})
+            emit({"event": verb, **result})
         elif not result["changed"]:
-            cli.out.print(clean(f"{result['active']} is already active"), markup=False)
+            out.print(clean(f"{result['active']} is already active"), markup=False)
         else:
-            cli.out.print(
+            out.print(
                 clean(
                     f"{result['active']} is now active (was {result['previous'] or 'none'}); running "
                     f"workers switch within {settings.moderation.reload_every:g}s"
@@ -276,21 +267,19 @@ def prepare_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     Minutes the first time, with a progress bar; instant once they exist (it then changes nothing)."""
     from imgaudit.services.prepare import prepare
 
-    cli = _cli()
-    with cli._errors():
-        settings = cli._settings(config)
-        with cli.step_progress(as_json) as progress:
-            steps = prepare(settings, progress)
+    with command_settings(config) as settings:
+        with step_progress(as_json) as report:
+            steps = prepare(settings, report)
         if as_json:
             for step in steps:
-                cli._emit({"event": "prepare", **step.as_dict()})
+                emit({"event": "prepare", **step.as_dict()})
             return
         for step in steps:
             what = PREPARED[step.step]
             done = f"built in {step.seconds:.1f}s" if step.built else "ready"
-            cli.out.print(clean(f"{what}: {done} ({step.path or 'in memory, no cache_dir'})"), markup=False)
+            out.print(clean(f"{what}: {done} ({step.path or 'in memory, no cache_dir'})"), markup=False)
         if not any(step.built for step in steps):
-            cli.out.print("everything is ready; nothing to do", markup=False)
+            out.print("everything is ready; nothing to do", markup=False)
 
 
 PREPARED = {"visual_model": "visual encoder (ONNX)", "label_space": "search label space"}

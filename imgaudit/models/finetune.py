@@ -20,7 +20,6 @@ import contextlib
 import io
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ import cv2
 import numpy as np
 
 from imgaudit.errors import ModelError
+from imgaudit.models.export import export_onnx
 from imgaudit.models.visual import DESCRIPTOR_DIM, INPUT_MEAN, INPUT_STD
 
 DEFAULT_EPOCHS = 5
@@ -225,7 +225,7 @@ def finetune_and_export(
 
 
 def export_probabilities(net: Any, dest: Path, input_size: int) -> Path:
-    """Write ``net`` followed by a softmax as ONNX (temporary name, then rename)."""
+    """Write ``net`` followed by a softmax as ONNX (output ``probabilities``)."""
     import torch
 
     class _Probabilities(torch.nn.Module):
@@ -236,26 +236,4 @@ def export_probabilities(net: Any, dest: Path, input_size: int) -> Path:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.inner(x), dim=1)
 
-    net.eval()
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Probabilities(net),
-                torch.zeros(1, 3, input_size, input_size),
-                tmp,
-                input_names=["pixels"],
-                output_names=["probabilities"],
-                dynamic_axes={"pixels": {0: "n"}, "probabilities": {0: "n"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    return export_onnx(_Probabilities(net), Path(dest), input_size, ["probabilities"])

@@ -20,13 +20,15 @@ import cv2
 import numpy as np
 
 from imgaudit.errors import ModelError
-from imgaudit.types import OcrLine
+from imgaudit.types import OcrLine, Point
 
 REC_BATCH = 16
 
 
-def _quad(points: np.ndarray, scale: float) -> tuple[tuple[int, int], ...]:
-    return tuple((round(float(x) * scale), round(float(y) * scale)) for x, y in points)
+def _quad(points: np.ndarray, scale: float) -> tuple[Point, Point, Point, Point]:
+    """A detected (4, 2) quadrilateral in original-image pixels."""
+    a, b, c, d = ((round(float(x) * scale), round(float(y) * scale)) for x, y in points)
+    return a, b, c, d
 
 
 class OcrEngine:
@@ -126,7 +128,7 @@ class OcrEngine:
         for (i, box), (text, score) in zip(owners, recognised, strict=True):
             text = text.strip()
             if text and float(score) >= self.min_score:
-                out[i].append(OcrLine(text, round(float(score), 4), _quad(box, scales[i])))  # type: ignore[arg-type]
+                out[i].append(OcrLine(text, round(float(score), 4), _quad(box, scales[i])))
         return out
 
     def read(self, images: Sequence[np.ndarray], side: int, scales: Sequence[float]) -> list[list[OcrLine]]:
@@ -136,9 +138,9 @@ class OcrEngine:
 
 def _is_vertical(box: np.ndarray) -> bool:
     """Whether rapidocr's crop of this quadrilateral is rotated (it turns crops 1.5x taller than wide)."""
-    width = max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3]))
-    height = max(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[1] - box[2]))
-    return bool(height >= 1.5 * max(width, 1.0))
+    width = max(float(np.linalg.norm(box[0] - box[1])), float(np.linalg.norm(box[2] - box[3])))
+    height = max(float(np.linalg.norm(box[0] - box[3])), float(np.linalg.norm(box[1] - box[2])))
+    return height >= 1.5 * max(width, 1.0)
 
 
 def resize_longest(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:

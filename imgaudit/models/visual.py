@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import cv2
 import numpy as np
@@ -47,6 +48,16 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+class EncoderOptions(TypedDict, total=False):
+    """``VisualEncoder``'s keyword options, as ``from_cache`` passes them through."""
+
+    input_size: int
+    batch_size: int
+    flip_invariant: bool
+    pooling: str
+    framing: str
+
+
 class VisualEncoder:
     """Batched descriptor + label probabilities for RGB uint8 images. Load once per process."""
 
@@ -68,14 +79,16 @@ class VisualEncoder:
         self.framing = framing
 
     @classmethod
-    def from_cache(cls, cache_dir: Path, *, threads: int = 0, **kwargs: object) -> VisualEncoder:
+    def from_cache(
+        cls, cache_dir: Path, *, threads: int = 0, **options: Unpack[EncoderOptions]
+    ) -> VisualEncoder:
         """Use the ONNX export in the cache directory, exporting it first if it is missing."""
         from imgaudit.models.export import VISUAL_MODEL_NAME, export_efficientnet_lite0
 
         path = Path(cache_dir) / VISUAL_MODEL_NAME
         if not path.is_file():
             export_efficientnet_lite0(path)
-        return cls(OrtSession(path, threads=threads), **kwargs)  # type: ignore[arg-type]
+        return cls(OrtSession(path, threads=threads), **options)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Whole image squashed to the input square (crops would hide the borders where copies differ

@@ -19,30 +19,39 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from imgaudit.config import Settings
 from imgaudit.errors import ImgauditError, InternalError, MediaError, OverBudget
-from imgaudit.index.catalog import Indexes
+from imgaudit.index.replica import DedupReplica
 from imgaudit.media.fetch import ByteBudget, Fetcher, read_local
 from imgaudit.media.sandbox import DecodePool
 from imgaudit.models.clip import ImageTextEncoder
-from imgaudit.models.remote import RemoteCaptioner
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.pipeline.moderation import Moderated, Moderator, Subject
 from imgaudit.policy.cascade import Lookups, decide
 from imgaudit.signals import local_features
+from imgaudit.signals.colour import colour_names
 from imgaudit.signals.framing import content_box
 from imgaudit.signals.hashes import phash, pixel_sha256
-from imgaudit.signals.semantic import colour_names
-from imgaudit.store.repo import Claimed, Completion, Failure, IndexChange, Store
+from imgaudit.store.ports import Store
 from imgaudit.store.thumbs import ThumbStore
-from imgaudit.types import Decision, Decoded, DedupSignals, ImageRef, Stage, Verdict
+from imgaudit.types import (
+    Claimed,
+    Completion,
+    Decision,
+    Decoded,
+    DedupSignals,
+    Failure,
+    ImageRef,
+    Stage,
+    Verdict,
+)
 
 DECODE_THREADS = 2
 log = logging.getLogger("imgaudit.pipeline")
@@ -87,6 +96,12 @@ def _libc() -> ctypes.CDLL:
 R = TypeVar("R")
 
 
+class Captioner(Protocol):
+    """What the pipeline asks of a captioner (the remote one): a description per image, or the error."""
+
+    def caption_many(self, images: Sequence[np.ndarray]) -> Sequence[str | ImgauditError]: ...
+
+
 def _guard(stage: str, fn: Callable[..., R], *args: object) -> R | InternalError:
     """``fn(*args)``, or the InternalError that one item's failure in ``stage`` becomes."""
     try:
@@ -125,18 +140,19 @@ def _crop(a: Analysed) -> np.ndarray:
 
 
 class Pipeline:
-    """Owns no resources of its own: the store, indexes, encoder and thumbnails are handed in."""
+    """Owns no resources of its own: the store, indexes, encoder and thumbnails are handed in. The dedup
+    replica is read for lookups, caught up and added to only through its own methods."""
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
-        indexes: Indexes,
+        indexes: DedupReplica,
         encoder: VisualEncoder,
         thumbs: ThumbStore,
         moderator: Moderator | None = None,
         image_text: ImageTextEncoder | None = None,
-        captioner: RemoteCaptioner | None = None,
+        captioner: Captioner | None = None,
         decoder: DecodePool | None = None,
     ) -> None:
         self.image_text = image_text
@@ -151,7 +167,6 @@ class Pipeline:
         # Decoding untrusted bytes runs in worker processes with a deadline and a memory cap.
         self._own_decoder = decoder is None
         self.decoder = decoder or DecodePool(settings.decode)
-        self.synced_seq = 0  # last index-log entry reflected in self.indexes
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -282,7 +297,8 @@ class Pipeline:
         out = self.encoder.encode(views)
         inner = dict(zip(map(id, framed), out.descriptors[len(ok) :], strict=True))
         for a, emb, probs in zip(ok, out.descriptors[: len(ok)], out.probabilities, strict=False):
-            a.signals = replace(a.signals, embedding=emb, inner_embedding=inner.get(id(a)))  # type: ignore[arg-type]
+            assert a.signals is not None
+            a.signals = replace(a.signals, embedding=emb, inner_embedding=inner.get(id(a)))
             a.probabilities = probs
 
     def _enrich(self, ok: list[Analysed], timings: dict[str, float]) -> None:
@@ -409,7 +425,7 @@ class Pipeline:
     def _verify_within_batch(
         self,
         ok: list[tuple[Claimed, Analysed]],
-        verifiers: dict[int, Callable[[int], object]],
+        verifiers: Mapping[int, Callable[[int], object]],
         settled: set[int],
     ) -> None:
         """Copies inside one batch meet only under the lock, when the earlier one has just been indexed;
@@ -427,16 +443,6 @@ class Pipeline:
             for i in band[np.argsort(-earlier[band])][: cfg.verify_candidates]:
                 verifiers[ok[j][0].id](ok[int(i)][0].id)
 
-    def sync(self, changes: Sequence[IndexChange]) -> None:
-        """Apply index-log entries written by any worker since this process last looked."""
-        for ch in changes:
-            ids = np.array([ch.image_id], np.int64)
-            if ch.op == "add" and ch.embedding is not None and ch.phash is not None:
-                self.indexes.add(ids, [ch.phash], ch.embedding[None, :])
-            else:
-                self.indexes.remove(ids)
-            self.synced_seq = max(self.synced_seq, ch.seq)
-
     @staticmethod
     def _keep_good(
         ok: list[tuple[Claimed, Analysed]], results: Sequence[R | InternalError], report: BatchReport
@@ -446,7 +452,7 @@ class Pipeline:
         values: list[R] = []
         for pair, result in zip(ok, results, strict=True):
             if isinstance(result, InternalError):
-                report.failures.append(Failure(pair[0].id, result))
+                report.failures.append(Failure(id=pair[0].id, error=result))
             else:
                 kept.append(pair)
                 values.append(result)
@@ -475,7 +481,7 @@ class Pipeline:
             if isinstance(a.error, OverBudget):  # no fault of the image's: back to the queue, no attempt lost
                 report.deferred.append(item.id)
             elif a.error is not None or a.signals is None or a.decoded is None:
-                report.failures.append(Failure(item.id, a.error or MediaError("no signals")))
+                report.failures.append(Failure(id=item.id, error=a.error or MediaError("no signals")))
             else:
                 ok.append((item, a))
 
@@ -509,10 +515,10 @@ class Pipeline:
         report.timings["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        added: list[int] = []
-        try:
+        # What the batch indexes is taken back unless the store commits the batch.
+        with self.indexes.batch() as entries:
             with self.store.decision_lock() as tx:
-                self.sync(tx.index_changes(self.synced_seq))
+                self.indexes.sync(tx)
                 find_exact = tx.exact_finder(
                     [a.signals.sha256 for _, a in ok if a.signals],
                     [a.signals.pixel_sha256 for _, a in ok if a.signals],
@@ -525,14 +531,12 @@ class Pipeline:
                             self.lookups(a.signals, batch_exact, find_exact), verifiers[item.id], cfg
                         )
                     except Exception as exc:
-                        report.failures.append(Failure(item.id, InternalError.during("decision", exc)))
+                        error = InternalError.during("decision", exc)
+                        report.failures.append(Failure(id=item.id, error=error))
                         continue
                     index_it = verdict.decision == Decision.UNIQUE or cfg.index_duplicates
                     if index_it:
-                        self.indexes.add(
-                            np.array([item.id], np.int64), [a.signals.phash], a.signals.embedding[None, :]
-                        )
-                        added.append(item.id)
+                        entries.add(item.id, a.signals.phash, a.signals.embedding)
                         self.thumbs.put_bytes(item.id, thumbs[item.id])
                     if verdict.decision == Decision.UNIQUE:
                         batch_exact.setdefault("b:" + a.signals.sha256, (item.id, Stage.EXACT_BYTES))
@@ -540,19 +544,19 @@ class Pipeline:
                     d = a.decoded
                     report.completions.append(
                         Completion(
-                            item.id,
-                            a.signals,
-                            verdict,
-                            d.format,
-                            d.width,
-                            d.height,
-                            index_it,
-                            a.moderated.signals if a.moderated else None,
-                            a.moderated.verdict if a.moderated else None,
-                            top_probabilities(a.probabilities),
-                            a.colours,
-                            a.clip_embedding,
-                            a.ai_caption,
+                            id=item.id,
+                            signals=a.signals,
+                            verdict=verdict,
+                            format=d.format,
+                            width=d.width,
+                            height=d.height,
+                            indexed=index_it,
+                            moderation_signals=a.moderated.signals if a.moderated else None,
+                            moderation=a.moderated.verdict if a.moderated else None,
+                            labels=top_probabilities(a.probabilities),
+                            colours=a.colours,
+                            clip_embedding=a.clip_embedding,
+                            ai_caption=a.ai_caption,
                         )
                     )
                 t_write = time.perf_counter()
@@ -560,13 +564,9 @@ class Pipeline:
                     report.completions, report.failures, self.settings.max_attempts, worker
                 )
                 report.timings["write"] += time.perf_counter() - t_write
-                self.synced_seq = max(self.synced_seq, tx.last_seq())
-        except BaseException:
-            # Nothing was written: take back what this batch put into the in-memory indexes.
-            self.indexes.remove(np.array(added, np.int64))
-            raise
+                logged = tx.last_seq()
+            entries.written(logged, report.lost)
         if report.lost:
-            self.indexes.remove(np.array(report.lost, np.int64))
             lost = set(report.lost)
             report.completions = [c for c in report.completions if c.id not in lost]
             report.failures = [f for f in report.failures if f.id not in lost]

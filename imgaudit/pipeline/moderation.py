@@ -24,10 +24,10 @@ from imgaudit.models.classifier import ClassifierHub
 from imgaudit.models.nsfw import NsfwScorer
 from imgaudit.models.ocr import OcrEngine
 from imgaudit.policy.moderation import decide
+from imgaudit.rules.matcher import TextRules
 from imgaudit.signals import codes as code_reader
 from imgaudit.signals import quality
 from imgaudit.signals.labels import top_labels
-from imgaudit.signals.text_risk import TextRules
 from imgaudit.types import Decoded, ModerationSignals, ModerationVerdict
 
 log = logging.getLogger("imgaudit.moderation")

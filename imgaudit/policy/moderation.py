@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from imgaudit.config import ModerationSettings
-from imgaudit.signals.text_risk import TextHit, TextRules
+from imgaudit.rules.matcher import TextHit, TextRules
 from imgaudit.types import Moderation, ModerationSignals, ModerationVerdict, Reason
 
 SEVERITY = {Moderation.PASS: 0, Moderation.REVIEW: 1, Moderation.VIOLATE: 2}

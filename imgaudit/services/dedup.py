@@ -12,16 +12,26 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from imgaudit.config import Settings
 from imgaudit.errors import InternalError
-from imgaudit.index.catalog import Indexes, load_indexes, save_indexes
+from imgaudit.index.replica import DedupReplica
 from imgaudit.pipeline import BatchReport, Pipeline
-from imgaudit.store.db import is_store_failure
-from imgaudit.store.repo import Claimed, Enqueued, Failure, ItemRecord, Lease, Store
+from imgaudit.services.stats import queue_depth
+from imgaudit.store.outages import is_store_failure
+from imgaudit.store.ports import Store
 from imgaudit.store.thumbs import ThumbStore
-from imgaudit.types import ImageRef, ModerationSignals, ModerationVerdict, Verdict
+from imgaudit.types import (
+    Claimed,
+    Enqueued,
+    Failure,
+    ImageRef,
+    ItemRecord,
+    Lease,
+    ModerationSignals,
+    ModerationVerdict,
+    Verdict,
+)
 
 log = logging.getLogger("imgaudit.worker")
 
@@ -116,21 +126,15 @@ class DedupService:
         self,
         settings: Settings,
         store: Store,
-        indexes: Indexes,
+        indexes: DedupReplica,
         pipeline: Pipeline,
         thumbs: ThumbStore,
-        index_dir: Path,
-        descriptor: str,
-        index_factory: Callable[[], Indexes],
     ) -> None:
         self.settings = settings
         self.store = store
-        self.indexes = indexes
+        self.indexes = indexes  # the pipeline's replica: this service decides when it syncs, rebuilds, saves
         self.pipeline = pipeline
         self.thumbs = thumbs
-        self.index_dir = index_dir
-        self.descriptor = descriptor
-        self.index_factory = index_factory
         self.worker_id = worker_identity()
 
     # -- index life cycle --------------------------------------------------------------------------------
@@ -142,35 +146,31 @@ class DedupService:
         result still disagrees with the store (snapshot lost or from another store, a reset), the
         indexes are rebuilt from the descriptors kept in the store."""
         with self.store.decision_lock() as tx:
-            self.pipeline.sync(tx.index_changes(self.pipeline.synced_seq))
-            if len(self.indexes) == len(self.indexes.hashes) == tx.count_indexed():
+            self.indexes.sync(tx)
+            if self.indexes.agrees_with(tx):
                 return False
         self.rebuild_index()
         return True
 
     def rebuild_index(self) -> int:
-        """Rebuild both indexes from the descriptors and hashes kept in the store, without stopping
-        other workers: entries logged while this runs are replayed at the end."""
-        seq = self.store.last_index_seq()
-        fresh = self.index_factory()
-        for ids, phashes, embeddings in self.store.iter_indexed():
-            fresh.add(ids, phashes, embeddings)
-        self.indexes = self.pipeline.indexes = fresh
-        self.pipeline.synced_seq = seq
-        self.pipeline.sync(self.store.index_changes(seq))
+        """Rebuild both indexes from the store (other workers carry on meanwhile) and save them."""
+        n = self.indexes.rebuild(self.store)
         self.save()
-        return len(fresh)
+        return n
 
     def save(self) -> None:
-        if self.settings.index.backend != "faiss":  # the in-memory reference is rebuilt at each start
-            return
-        save_indexes(self.indexes, self.index_dir, descriptor=self.descriptor, seq=self.pipeline.synced_seq)
+        """A snapshot of the indexes, when the backend keeps them (the in-memory one is rebuilt)."""
+        self.indexes.save()
 
     # -- ingest --------------------------------------------------------------------------------------------
 
     def enqueue(self, refs: Iterable[ImageRef], source: str) -> Enqueued:
         """``(added, skipped)``, and ``.refusals``: entries recorded as failed at once, by reason."""
         return self.store.enqueue(refs, source)
+
+    def queue_depth(self) -> int:
+        """Items still to process (queued, claimed, or waiting to be retried)."""
+        return queue_depth(self.store.counts()["status"])
 
     def reclaim_dead_leases(self) -> int:
         """End the leases held by processes of this machine that no longer run (a killed ingest or
@@ -202,7 +202,7 @@ class DedupService:
             if len(claimed) > 1:
                 half = len(claimed) // 2
                 return _merge(self.process_claimed(claimed[:half]), self.process_claimed(claimed[half:]))
-            failure = Failure(claimed[0].id, InternalError.during("processing", exc))
+            failure = Failure(id=claimed[0].id, error=InternalError.during("processing", exc))
             report = BatchReport(failures=[failure])
             with self.store.decision_lock() as tx:
                 report.lost = tx.finish([], [failure], self.settings.max_attempts, self.worker_id)
@@ -304,8 +304,7 @@ class DedupService:
 
     def reset(self) -> None:
         self.store.reset()
-        self.indexes = self.pipeline.indexes = self.index_factory()
-        self.pipeline.synced_seq = self.store.last_index_seq()
+        self.indexes.reset(self.store)
         self.thumbs.clear()
         self.save()
 
@@ -363,19 +362,3 @@ def claimer_gone(worker: str, me: str) -> bool:
         pass
     now_started = _start_time(pid)
     return now_started is not None and abs(now_started - started) > _CLOCK_SLACK
-
-
-def open_indexes(
-    settings: Settings, descriptor: str, dim: int, factory: Callable[[], Indexes]
-) -> tuple[Indexes, int]:
-    """The newest saved snapshot and its log sequence number, or empty indexes at 0."""
-    loaded = None
-    if settings.index.backend == "faiss":
-        loaded = load_indexes(
-            settings.data_dir / "index",
-            dim,
-            descriptor=descriptor,
-            exact_below=settings.index.exact_below,
-            nprobe=settings.index.nprobe,
-        )
-    return loaded or (factory(), 0)

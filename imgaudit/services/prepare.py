@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from imgaudit.config import Settings
+from imgaudit.label_space import LabelSpace
 from imgaudit.models.export import ensure_visual_model, visual_model_path
 from imgaudit.models.text import E5TextEncoder, TextEncoder
 from imgaudit.services.search import build_label_space
-from imgaudit.signals.semantic import LabelSpace
 
 # (step, done, total), only for steps that do work: "visual_model" reports 0 of 1 then 1 of 1,
 # "label_space" the texts embedded so far.

@@ -1,37 +1,80 @@
-"""An HTML report of duplicate pairs side by side: thumbnails, score, deciding stage."""
+"""An HTML report of duplicate pairs side by side: thumbnails, score, deciding stage.
+
+The page is the Jinja2 template ``templates/report.html.j2`` with autoescaping on: file names, URLs,
+stages and evidence keys are user-supplied and must not become markup."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
+import jinja2
 from PIL import Image
 
-from imgaudit.store.repo import ItemRecord
+from imgaudit.fsio import atomic_write_text
+from imgaudit.types import ItemRecord
 
 REPORT_THUMB = 240
+
+
+@dataclass(frozen=True, slots=True)
+class _Cell:
+    """One image of a pair as the template shows it; ``src`` is empty when the image cannot be shown."""
+
+    id: int
+    name: str
+    src: str
+    width: int | None
+    height: int | None
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    duplicate: _Cell
+    original: _Cell
+    score: str
+    stage: str
+    evidence: list[tuple[str, float]]
+
+
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("imgaudit.services", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("report.html.j2")
 
 
 def _thumb_data_uri(path: str) -> str:
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((REPORT_THUMB, REPORT_THUMB))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=80)
+            rgb = im.convert("RGB")
+        rgb.thumbnail((REPORT_THUMB, REPORT_THUMB))
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=80)
     except OSError:
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _cell(rec: ItemRecord) -> str:
-    src = _thumb_data_uri(rec.uri) if rec.kind == "path" else html.escape(rec.uri)
-    name = html.escape(Path(rec.uri).name if rec.kind == "path" else rec.uri)
-    img = f'<img src="{src}" alt="{name}">' if src else "<div class=missing>(unavailable)</div>"
-    return (
-        f"<td>{img}<div class=cap>#{rec.id} {name}<br>{rec.width}×{rec.height} {rec.format or ''}</div></td>"
+def _cell(rec: ItemRecord) -> _Cell:
+    local = rec.kind == "path"
+    return _Cell(
+        id=rec.id,
+        name=Path(rec.uri).name if local else rec.uri,
+        src=_thumb_data_uri(rec.uri) if local else rec.uri,
+        width=rec.width,
+        height=rec.height,
+        format=rec.format or "",
     )
 
 
@@ -41,29 +84,16 @@ def write_report(
     title: str = "imgaudit duplicates",
     summary: str = "",
 ) -> Path:
-    rows = []
-    for dup, orig in pairs:
-        detail = f"{dup.score:.3f}" if dup.score is not None else "–"
-        evidence = "<br>".join(f"{html.escape(k)} {v}" for k, v in (dup.evidence or {}).items())
-        rows.append(
-            f"<tr>{_cell(dup)}{_cell(orig)}<td class=score>{detail}<br><b>{html.escape(dup.stage or '')}"
-            f"</b><div class=ev>{evidence}</div></td></tr>"
+    rows = [
+        _Row(
+            duplicate=_cell(dup),
+            original=_cell(orig),
+            score=f"{dup.score:.3f}" if dup.score is not None else "–",
+            stage=dup.stage or "",
+            evidence=list((dup.evidence or {}).items()),
         )
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
-table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.5em;vertical-align:top;text-align:center}}
-img{{max-width:{REPORT_THUMB}px;max-height:{REPORT_THUMB}px}}
-.cap{{font-size:.8em;color:#555;max-width:{REPORT_THUMB}px;word-break:break-all}} .score{{font-size:1.2em}}
-.ev{{font-size:.75em;color:#555;margin-top:.5em}}
-</style></head><body>
-<h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>
-<table><tr><th>duplicate</th><th>matched original</th><th>score / stage</th></tr>
-{"".join(rows) or "<tr><td colspan=3>no duplicates found</td></tr>"}
-</table></body></html>
-"""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(page, encoding="utf-8")
+        for dup, orig in pairs
+    ]
+    page = _template().render(title=title, summary=summary, rows=rows, thumb=REPORT_THUMB)
+    atomic_write_text(dest, page)
     return dest

@@ -10,16 +10,12 @@ Everything searchable about an image lives in one multilingual text space (multi
 - ``visual``: for image queries, the copy-detection descriptor index of dedup.
 
 Each list ranks on its own and reciprocal rank fusion combines them: ranks, unlike raw scores, are
-comparable across lists whose scores live on different scales (cosines, BM25). The indexes follow
-the store's search log from their own cursor, so workers never write to them and a search process
-catches up with whatever was ingested since it last looked.
+comparable across lists whose scores live on different scales (cosines, BM25). The indexes are
+:class:`imgaudit.services.search_index.SearchIndexes`, which follow the store's search feed.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,23 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from imgaudit.config import Settings
-from imgaudit.errors import MediaError
-from imgaudit.index.base import VectorIndex
-from imgaudit.index.faiss_index import FaissVectorIndex
-from imgaudit.index.text_index import ANALYZER_VERSION, TextDoc, TextFilters, TextIndex
-from imgaudit.models.text import TextEncoder
+from imgaudit.errors import InvalidRequest, MediaError
+from imgaudit.index.text_base import TextFilters
+from imgaudit.label_space import LabelSpace, TextSpace
 from imgaudit.policy.fusion import paginate, rrf
 from imgaudit.services.dedup import DedupService
-from imgaudit.signals.semantic import LabelSpace, TextSpace, attribute_text, class_names
-from imgaudit.store.repo import Facets, ItemRecord, Store, unpack_embedding
-from imgaudit.types import ImageRef
+from imgaudit.services.search_index import TAG_MIN_P, SearchIndexes, caption_of, probabilities_of
+from imgaudit.signals.labels import class_names
+from imgaudit.store.ports import Store
+from imgaudit.types import Facets, ImageRef, ItemRecord
 
-log = logging.getLogger("imgaudit.search")
-
-STATE_FILE = "state.json"
-SYNC_BATCH = 500
 CANDIDATES = 200  # per list, before filters and fusion
-TAG_MIN_P = 0.05  # label names become tags above this probability
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,211 +129,44 @@ class Group:
     members: list[int]
 
 
-def probabilities_of(rec: ItemRecord) -> np.ndarray | None:
-    if not rec.labels:
-        return None
-    p = np.zeros(1000, np.float32)
-    for idx, prob in rec.labels:
-        p[int(idx)] = prob
-    return p
-
-
-def tags_of(rec: ItemRecord) -> str:
-    """Label names (English and Chinese) and attributes, for the sparse index."""
-    names = class_names()
-    parts = []
-    for idx, p in rec.labels or []:
-        if p >= TAG_MIN_P:
-            c = names[int(idx)]
-            parts.append(f"{c.english}, {c.chinese}")
-    sig = rec.moderation_signals or {}
-    colours = [(str(c[0]), str(c[1]), float(c[2])) for c in rec.colours or []]  # type: ignore[arg-type]
-    has_qr = any(c.get("format") in ("QRCode", "MicroQRCode") for c in sig.get("codes") or [])  # type: ignore[union-attr]
-    parts.append(attribute_text(colours, bool(rec.ocr_text), has_qr, rec.width or 1, rec.height or 1))
-    return "; ".join(parts)
-
-
-MIN_TEXT_CHARS = 4
-
-
-def searchable_text(rec: ItemRecord) -> str:
-    """OCR text and caption for the text embedding; a few stray OCR characters ("O", "1 2") say nothing
-    and, embedded, would sit close to every query, so they are left out."""
-    ocr = rec.ocr_text or ""
-    if len("".join(ocr.split())) < MIN_TEXT_CHARS:
-        ocr = ""
-    return "\n".join(x for x in (ocr, caption_of(rec)) if x).strip()
-
-
-def caption_of(rec: ItemRecord) -> str:
-    """What the source said about the image (caption, other fields) and the remote captioner's words."""
-    extra = [f"{v}" for v in (rec.meta or {}).values() if isinstance(v, str | int | float)]
-    return "\n".join(p for p in [rec.caption or "", *extra, rec.ai_caption or ""] if p)
-
-
 class SearchService:
-    """Owns the search indexes of one data directory (loaded once, kept, caught up before each query)."""
+    """Search over the store with its search indexes (owned by ``indexes``, caught up before each query),
+    and the dedup service behind it for image queries and similar-content groups."""
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
-        encoder: TextEncoder,
-        labels: LabelSpace,
-        text_index: TextIndex,
+        indexes: SearchIndexes,
         dedup: DedupService | None = None,
-        clip: object | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.encoder = encoder
-        self.label_space = labels
-        self.text_index = text_index
+        self.indexes = indexes
         self.dedup = dedup
-        self.clip = clip
-        self.dir = settings.data_dir / "search"
-        self._lock = threading.RLock()
-        self.dense: dict[str, VectorIndex] = {}
-        self.seq = 0
-        self._load()
-
-    # -- persistence ---------------------------------------------------------------------------------
-
-    def _identity(self) -> dict[str, object]:
-        """What the stored vectors depend on: change any of it and the indexes are rebuilt."""
-        return {
-            "text_encoder": self.encoder.name,
-            "label_space": self.label_space.cache_key(),
-            "analyzer": ANALYZER_VERSION,
-            "clip": getattr(self.clip, "model_id", None),
-        }
-
-    def _new_dense(self) -> dict[str, VectorIndex]:
-        cfg = self.settings.index
-        dim = self.encoder.dim
-        dense: dict[str, VectorIndex] = {
-            "labels": FaissVectorIndex(dim, exact_below=cfg.exact_below, nprobe=cfg.nprobe),
-            "text": FaissVectorIndex(dim, exact_below=cfg.exact_below, nprobe=cfg.nprobe),
-        }
-        if self.clip is not None:
-            dense["clip"] = FaissVectorIndex(self.clip.dim, exact_below=cfg.exact_below, nprobe=cfg.nprobe)  # type: ignore[attr-defined]
-        return dense
-
-    def _load(self) -> None:
-        state_path = self.dir / STATE_FILE
-        self.dense = self._new_dense()
-        try:
-            state = json.loads(state_path.read_text())
-        except (OSError, ValueError):
-            state = None
-        if state and int(state.get("seq", 0)) > self.store.last_search_seq():
-            log.info("the store was reset since the search indexes were saved; rebuilding")
-        elif state and state.get("identity") == self._identity():
-            try:
-                cfg = self.settings.index
-                for name, index in list(self.dense.items()):
-                    path = self.dir / f"{name}.faiss"
-                    if path.is_file():
-                        dim = index.dim  # type: ignore[attr-defined]
-                        self.dense[name] = FaissVectorIndex.load(
-                            path, dim, exact_below=cfg.exact_below, nprobe=cfg.nprobe
-                        )
-                self.seq = int(state.get("seq", 0))
-                return
-            except (OSError, ValueError, RuntimeError) as exc:
-                log.warning("search indexes unreadable (%s); rebuilding", exc)
-        elif state:
-            log.info("search indexes were built with other models; rebuilding")
-        self.dense = self._new_dense()
-        self.text_index.clear()
-        self.text_index.commit()
-        self.seq = 0
-
-    def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for name, index in self.dense.items():
-            index.save(self.dir / f"{name}.faiss")
-        self.text_index.commit()
-        tmp = self.dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"seq": self.seq, "identity": self._identity(), "saved": time.time()}))
-        tmp.replace(self.dir / STATE_FILE)
-
-    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
-        with self._lock:
-            self.dense = self._new_dense()
-            self.text_index.clear()
-            self.seq = 0
-            return self.sync(progress)
 
     # -- following the store ---------------------------------------------------------------------------
 
     def labels_ready(self) -> bool:
         """Whether the label space is already embedded and cached (the first build takes 1-5 minutes)."""
-        path = self.label_space.cache_path()
+        path = self.indexes.label_space.cache_path()
         return path is None or path.is_file()
 
     def prepare_labels(self, progress: Callable[[int, int], None] | None = None) -> bool:
         """Embed and cache the label space now, reporting (texts embedded, total); True if it was built."""
-        return build_label_space(self.label_space, progress)
+        return build_label_space(self.indexes.label_space, progress)
 
     def pending(self) -> int:
-        return max(0, self.store.last_search_seq() - self.seq)
+        """Items finished since the indexes last caught up."""
+        return self.indexes.pending()
 
     def sync(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Index everything finished since the last sync; returns how many items were (re)indexed."""
-        with self._lock:
-            total = self.pending()
-            done = 0
-            while True:
-                feed = self.store.search_feed(self.seq, SYNC_BATCH)
-                if not feed:
-                    break
-                latest = {rec.id: rec for _, rec in feed}  # an item finished twice: the later one
-                self._index(list(latest.values()))
-                self.seq = feed[-1][0]
-                done += len(feed)
-                if progress:
-                    progress(done, total)
-            if done:
-                self.save()
-            return done
+        return self.indexes.sync(progress)
 
-    def _index(self, records: list[ItemRecord]) -> None:
-        ok = [r for r in records if r.status == "done"]
-        gone = np.array([r.id for r in records if r.status != "done"], np.int64)
-        for index in self.dense.values():
-            index.remove(gone)
-        self.text_index.remove(gone.tolist())
-        with_labels = [(r, p) for r in ok if (p := probabilities_of(r)) is not None]
-        if with_labels:
-            vecs = self.label_space.image_vector(np.stack([p for _, p in with_labels]))
-            self.dense["labels"].add(np.array([r.id for r, _ in with_labels], np.int64), vecs)
-        texts = [(r, t) for r in ok if (t := searchable_text(r))]
-        if texts:
-            vecs = self.encoder.passages([t[:2000] for _, t in texts])
-            self.dense["text"].add(np.array([r.id for r, _ in texts], np.int64), vecs)
-        if "clip" in self.dense:
-            clipped = [(r.id, unpack_embedding(r.clip_embedding)) for r in ok if r.clip_embedding]
-            if clipped:
-                self.dense["clip"].add(
-                    np.array([i for i, _ in clipped], np.int64), np.stack([v for _, v in clipped])
-                )
-        self.text_index.add(
-            [
-                TextDoc(
-                    image_id=r.id,
-                    ocr=r.ocr_text or "",
-                    caption=caption_of(r),
-                    tags=tags_of(r),
-                    source=r.source,
-                    decision=r.decision,
-                    moderation=r.moderation,
-                    has_text=bool(r.ocr_text),
-                    created=int(r.created_at.timestamp()),
-                )
-                for r in ok
-            ]
-        )
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Index the whole store again, from empty indexes."""
+        return self.indexes.rebuild(progress)
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -359,7 +182,7 @@ class SearchService:
         """Ranked, explained hits for a text query, an example image, or both (the image's neighbours
         refined by the text). Filters apply to every list before fusion."""
         if not (text and text.strip()) and image is None:
-            raise ValueError("give a text query, an image, or both")
+            raise InvalidRequest("give a text query, an image, or both")
         start = time.perf_counter()
         timings: dict[str, float] = {}
         filters = filters or SearchFilters()
@@ -372,30 +195,31 @@ class SearchService:
         snippets: dict[int, dict[str, str]] = {}
         cosines: dict[int, float] = {}  # visual cosine of image-query hits (a copy gets its original's)
         qvec = None
-        with self._lock:
+        ix = self.indexes
+        with ix.lock:
             if text and text.strip():
                 t = time.perf_counter()
-                qvec = self.encoder.queries([text])[0]
+                qvec = ix.encoder.queries([text])[0]
                 timings["embed"] = time.perf_counter() - t
                 t = time.perf_counter()
-                hits = self.text_index.search(
+                text_hits = ix.text.search(
                     text, want, filters=filters.text_filters(), snippets=page * per_page
                 )
-                rankings["bm25"] = [h.image_id for h in hits]
-                snippets = {h.image_id: h.field_hits for h in hits}
+                rankings["bm25"] = [h.image_id for h in text_hits]
+                snippets = {h.image_id: h.field_hits for h in text_hits}
                 timings["bm25"] = time.perf_counter() - t
                 t = time.perf_counter()
                 rankings["labels"] = self._dense("labels", qvec, want)
                 # A text embedding below the floor stays only when BM25 saw the words too: e5 puts short
                 # or misread OCR text close to every query.
                 rankings["text"] = self._dense("text", qvec, want, keep=set(rankings["bm25"]))
-                if "clip" in self.dense:
-                    cvec = self.clip.encode_texts([text])[0]  # type: ignore[attr-defined]
+                if ix.clip is not None and "clip" in ix.dense:
+                    cvec = ix.clip.encode_texts([text])[0]
                     rankings["clip"] = self._dense("clip", cvec, want)
                 timings["dense"] = time.perf_counter() - t
             if image is not None:
                 if self.dedup is None:
-                    raise ValueError("image queries need the visual index")
+                    raise InvalidRequest("image queries need the visual index")
                 t = time.perf_counter()
                 # Only originals are in the visual index: each brings its recorded copies right after it.
                 near = self.dedup.pipeline.similar(image, want)
@@ -422,7 +246,7 @@ class SearchService:
         return Results(hits, len(kept), page, per_page, time.perf_counter() - start, timings)
 
     def _dense(self, name: str, vec: np.ndarray, k: int, keep: set[int] | None = None) -> list[int]:
-        index = self.dense[name]
+        index = self.indexes.dense[name]
         if len(index) == 0:
             return []
         scores, ids = index.search(vec[None, :], k)
@@ -438,7 +262,8 @@ class SearchService:
         if "labels" in hit.ranks and qvec is not None:
             p = probabilities_of(rec)
             if p is not None:
-                parts = [f"{en} {zh} ({c:.2f})" for en, zh, c in self.label_space.explain(qvec, p, k=2)]
+                explained = self.indexes.label_space.explain(qvec, p, k=2)
+                parts = [f"{en} {zh} ({c:.2f})" for en, zh, c in explained]
                 if parts:
                     out.append("looks like: " + ", ".join(parts))
         for fld, snip in snippets.items():
@@ -464,10 +289,10 @@ class SearchService:
             pairs = [(a.id, b.id) for a, b in self.store.duplicate_pairs()]
         elif kind == "similar":
             if self.dedup is None:
-                raise ValueError("similar-content groups need the visual index")
+                raise InvalidRequest("similar-content groups need the visual index")
             pairs = self._similar_pairs(threshold)
         else:
-            raise ValueError(f"unknown group kind {kind!r} (duplicates or similar)")
+            raise InvalidRequest(f"unknown group kind {kind!r} (duplicates or similar)")
         parent: dict[int, int] = {}
 
         def find(x: int) -> int:

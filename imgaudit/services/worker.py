@@ -17,8 +17,8 @@ from imgaudit.config import Settings
 from imgaudit.errors import ExternalUnavailable
 from imgaudit.pipeline import BatchReport
 from imgaudit.services.dedup import DedupService
-from imgaudit.store.repo import ItemRecord
-from imgaudit.types import ImageRef
+from imgaudit.services.stats import queue_depth
+from imgaudit.types import ImageRef, ItemRecord
 
 log = logging.getLogger("imgaudit.worker")
 
@@ -29,11 +29,13 @@ class ExternalSource(Protocol):
     name: str
 
     def poll(self, after_key: str | None, limit: int) -> list[ImageRef]:
-        """Rows waiting for work with a key greater than ``after_key``, in key order."""
+        """Rows waiting for work with a key greater than ``after_key``, in key order;
+        ``ExternalUnavailable`` when the business database cannot be read."""
         ...
 
     def write_back(self, items: list[tuple[ItemRecord, str | None]]) -> None:
-        """Write verdicts (item, original's external key) in one transaction; raise on failure."""
+        """Write verdicts (item, original's external key) in one transaction: all or, raising
+        ``ExternalUnavailable``, none."""
         ...
 
 
@@ -154,5 +156,8 @@ class WorkerService:
         return report
 
     def queue_depth(self) -> int:
-        status = self.store.counts()["status"]
-        return sum(status.get(k, 0) for k in ("queued", "processing", "failed_retryable"))
+        return queue_depth(self.store.counts()["status"])
+
+    def save(self) -> None:
+        """Save the dedup index snapshot (a restart then replays only the log written after it)."""
+        self.dedup.save()

@@ -13,20 +13,22 @@ import cv2
 import numpy as np
 import zxingcpp
 
-from imgaudit.types import Code
+from imgaudit.types import Code, Point
 
 _F = zxingcpp.BarcodeFormat
 TWO_D = (_F.QRCode, _F.MicroQRCode, _F.DataMatrix, _F.Aztec, _F.PDF417)
 LINEAR = (_F.EAN13, _F.EAN8, _F.UPCA, _F.UPCE, _F.Code128, _F.Code39, _F.Code93, _F.Codabar, _F.ITF)
 
 
-def _formats(barcodes: bool) -> tuple[zxingcpp.BarcodeFormat, ...]:
-    return TWO_D + LINEAR if barcodes else TWO_D
+def _formats(barcodes: bool) -> zxingcpp.BarcodeFormats:
+    return zxingcpp.BarcodeFormats(TWO_D + LINEAR if barcodes else TWO_D)
 
 
-def _quad(pos: zxingcpp.Position, scale: float) -> tuple[tuple[int, int], ...]:
-    pts = (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
-    return tuple((round(p.x * scale), round(p.y * scale)) for p in pts)
+def _quad(pos: zxingcpp.Position, scale: float) -> tuple[Point, Point, Point, Point]:
+    def at(p: zxingcpp.Point) -> Point:
+        return round(p.x * scale), round(p.y * scale)
+
+    return at(pos.top_left), at(pos.top_right), at(pos.bottom_right), at(pos.bottom_left)
 
 
 def read_codes(
@@ -57,4 +59,4 @@ def read_codes(
 
 
 def _code(b: zxingcpp.Barcode, scale: float) -> Code:
-    return Code(b.format.name, b.text, _quad(b.position, scale))  # type: ignore[arg-type]
+    return Code(b.format.name, b.text, _quad(b.position, scale))

@@ -24,7 +24,7 @@ def content_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
     grey = cv2.cvtColor(cv2.resize(pixels, (sw, sh), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
     grad = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-    mask = (grad > EDGE_THRESHOLD).astype(np.uint8)
+    mask: np.ndarray = (grad > EDGE_THRESHOLD).astype(np.uint8)
     # Join a photo's texture into one blob, but only across small gaps, then erase anything thinner
     # than k (text lines, bars, buttons); a final closing fills smooth areas inside the photo (sky).
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))

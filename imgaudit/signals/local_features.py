@@ -124,7 +124,7 @@ def extract(pixels: np.ndarray) -> Features:
         if min(_target_size(int(shape[0]), int(shape[1]), VERIFY_SIDE)) < MIN_SIDE:
             return _empty()  # too small or too thin: ORB has nothing to look at, and its pyramid raises
         grey = _grey(pixels)
-        orb = cv2.ORB_create(nfeatures=ORB_FEATURES, edgeThreshold=ORB_EDGE, patchSize=ORB_EDGE)
+        orb = cv2.ORB.create(nfeatures=ORB_FEATURES, edgeThreshold=ORB_EDGE, patchSize=ORB_EDGE)
         keypoints, descriptors = orb.detectAndCompute(grey, None)
     except (cv2.error, ValueError, TypeError, MemoryError) as exc:
         return _empty(error=_describe(exc))
@@ -159,7 +159,7 @@ def _homography(a: Features, b: Features) -> tuple[int, np.ndarray | None]:
     return int(mask.sum()), h
 
 
-def _frame(shape: tuple[int, ...]) -> np.ndarray:
+def _frame(shape: tuple[float, ...]) -> np.ndarray:
     """The corners of a ``shape`` image, homogeneous, one per column."""
     rows, cols = shape[:2]
     return np.array([[0.0, cols, cols, 0.0], [0.0, 0.0, rows, rows], [1.0, 1.0, 1.0, 1.0]])

@@ -6,15 +6,18 @@ back into configured columns in one transaction per batch. Everything the operat
 is checked against the reflected table on first use and quoted by SQLAlchemy, so a typo is a ConfigError,
 never a broken or injected statement; ``select_where`` is the one trusted SQL fragment.
 
-Connection and server errors are left as SQLAlchemy ``DBAPIError``: the worker treats those as "database
-unavailable", waits and retries, and the items stay pending in the store meanwhile.
+Every error the database or its driver raises on the way (connection refused or lost, a server error, a
+statement refused) becomes ``ExternalUnavailable``: the worker carries on with what is already queued and
+tries again at its next step, and verdicts not yet written stay pending in the store meanwhile. Nothing
+above this module sees SQLAlchemy's exceptions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -58,7 +61,7 @@ _MODERATION, _REASONS = "imgaudit_moderation", "imgaudit_reasons"
 
 
 class FinishedItem(Protocol):
-    """What ``write_back`` reads of a store item. ``imgaudit.store.repo.ItemRecord`` fits; it is described
+    """What ``write_back`` reads of a store item. ``imgaudit.types.ItemRecord`` fits; it is described
     here, not imported, because sources and the store are independent layers."""
 
     @property
@@ -122,14 +125,18 @@ class ExternalTable:
     # -- reading ---------------------------------------------------------------------------------------
 
     def poll(self, after_key: str | None, limit: int) -> list[ImageRef]:
-        try:
+        with self._unavailable():
             return self._poll(after_key, limit)
-        except DBAPIError as exc:
-            raise ExternalUnavailable(f"{self.name}: {type(exc.orig).__name__}: {exc.orig}") from exc
 
     def write_back(self, items: Sequence[tuple[FinishedItem, str | None]]) -> None:
-        try:
+        with self._unavailable():
             self._write_back(items)
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """The driver's errors as ``ExternalUnavailable``, naming this source (never its password)."""
+        try:
+            yield
         except DBAPIError as exc:
             raise ExternalUnavailable(f"{self.name}: {type(exc.orig).__name__}: {exc.orig}") from exc
 
@@ -236,11 +243,11 @@ class ExternalTable:
             (self._update(p, s.on_review, verdict_columns), review),
             (self._update(p, s.on_violate, verdict_columns), violate),
         ]
-        batches = [(stmt, rows) for stmt, rows in batches if stmt is not None and rows]
-        if not batches:
+        to_run = [(stmt, rows) for stmt, rows in batches if stmt is not None and rows]
+        if not to_run:
             return
         with self.engine.begin() as conn:
-            for stmt, rows in batches:
+            for stmt, rows in to_run:
                 result = conn.execute(stmt, rows)  # executemany: one prepared UPDATE per outcome
                 if conn.dialect.supports_sane_multi_rowcount and 0 <= result.rowcount < len(rows):
                     log.warning(

@@ -8,7 +8,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-MIGRATION_LOCK_KEY = 0x1A6A0D16  # PostgreSQL advisory lock held while migrating (not repo's dedup key)
+MIGRATION_LOCK_KEY = 0x1A6A0D16  # PostgreSQL advisory lock held while migrating (not the dedup one)
 
 
 def make_engine(url: str) -> Engine:
@@ -58,14 +58,3 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-
-
-def is_store_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is the database failing (gone, locked, refused, a bug in our SQL) rather than the
-    data in hand: such a failure is no item's fault, so the batch goes back to the queue untouched. A
-    value the database refuses (DataError, IntegrityError) is some item's doing."""
-    from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-
-    if isinstance(exc, DataError | IntegrityError):
-        return False
-    return isinstance(exc, SQLAlchemyError | ConnectionError)

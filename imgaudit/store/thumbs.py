@@ -4,12 +4,13 @@ do not want to download again) and by reports. JPEG, longest side THUMB_SIDE."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from imgaudit.fsio import atomic_write_bytes
 
 THUMB_SIDE = 480
 THUMB_QUALITY = 85
@@ -40,11 +41,7 @@ class ThumbStore:
         self.put_bytes(image_id, self.encode(pixels))
 
     def put_bytes(self, image_id: int, data: bytes) -> None:
-        path = self.path(image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(self.path(image_id), data)
 
     def get(self, image_id: int) -> np.ndarray | None:
         path = self.path(image_id)
