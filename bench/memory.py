@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgaudit.testing_memory import process_tree, rss_of
+from imgaudit.testing.memory import process_tree, rss_of
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024

@@ -8,7 +8,7 @@ import pytest
 
 from imgaudit.config import Settings, load_settings
 from imgaudit.models.visual import VisualEncoder
-from imgaudit.testing import FakeVisualSession
+from imgaudit.testing.fakes import FakeVisualSession
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from imgaudit.config import Settings
 from imgaudit.pipeline import batch as batch_module
 from imgaudit.services.dedup import DedupService
 from imgaudit.sources.files import FolderSource
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 from imgaudit.types import ImageRef
 
 

@@ -28,7 +28,7 @@ from imgaudit.services.training import TrainOptions
 from imgaudit.services.training import dataset as training_dataset
 from imgaudit.services.training import fit as training_fit
 from imgaudit.services.training import metrics as training_metrics
-from imgaudit.testing import FakeVisualSession, jpeg_bytes, textured_image
+from imgaudit.testing.fakes import FakeVisualSession, jpeg_bytes, textured_image
 
 SIZE = (96, 72)
 

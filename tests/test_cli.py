@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from imgaudit.cli.main import app
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 
 # textured_image pictures look alike to the real descriptor (cosine ~0.8 on average between seeds, some
 # pairs above the 0.86 duplicate threshold). These seeds were picked so that every pair stays below 0.7.
@@ -806,7 +806,7 @@ def _fake_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """bootstrap with the fake visual and text models: instant, whatever the cache holds."""
     import imgaudit.bootstrap
     from imgaudit.models.visual import VisualEncoder
-    from imgaudit.testing import FakeTextEncoder, FakeVisualSession
+    from imgaudit.testing.fakes import FakeTextEncoder, FakeVisualSession
 
     monkeypatch.setattr(imgaudit.bootstrap, "build_encoder", lambda s: VisualEncoder(FakeVisualSession()))
     monkeypatch.setattr(imgaudit.bootstrap, "_text_encoder", lambda threads: FakeTextEncoder())
@@ -816,7 +816,7 @@ def test_prepare_reports_progress_and_then_has_nothing_to_do(tmp_path: Path) -> 
     from imgaudit.config import load_settings
     from imgaudit.models.export import VISUAL_MODEL_NAME
     from imgaudit.services.prepare import prepare
-    from imgaudit.testing import FakeTextEncoder
+    from imgaudit.testing.fakes import FakeTextEncoder
 
     settings = load_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "cache")
     (tmp_path / "cache").mkdir()
@@ -842,7 +842,7 @@ def test_prepare_builds_the_label_space_search_uses(
 
     _fake_models(monkeypatch)
     settings = load_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "cache", database_url=database_url)
-    from imgaudit.testing import FakeTextEncoder
+    from imgaudit.testing.fakes import FakeTextEncoder
 
     with search_service(settings) as svc:
         assert svc.indexes.label_space.cache_path() == label_space(settings, FakeTextEncoder()).cache_path()

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from imgaudit.cli.main import app
 from imgaudit.cli.output import cell, clean, dumps, safe
 from imgaudit.config import load_settings
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 
 CLI = [sys.executable, "-m", "imgaudit.cli"]
 MARKUP_CLOSE = "[/x]"

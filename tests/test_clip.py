@@ -13,8 +13,8 @@ import pytest
 from imgaudit.errors import ModelError
 from imgaudit.models.clip import CLIP_MEAN, CLIP_STD, ClipEncoder
 from imgaudit.models.clip_tokenizer import ClipTokenizer
-from imgaudit.testing import textured_image
-from imgaudit.testing_clip import TinyClip, make_tiny_clip
+from imgaudit.testing.clip import TinyClip, make_tiny_clip
+from imgaudit.testing.fakes import textured_image
 
 RED, GREEN, BLUE = (220, 20, 30), (30, 200, 40), (20, 40, 230)
 COLOURS = {"red": RED, "green": GREEN, "blue": BLUE}

@@ -23,7 +23,7 @@ from imgaudit.errors import StoreUnavailable
 from imgaudit.sources.files import FolderSource
 from imgaudit.store.schema import ImageRow, IndexLogRow
 from imgaudit.store.sql import SqlStore
-from imgaudit.testing import textured_image
+from imgaudit.testing.fakes import textured_image
 
 N_DISTINCT = 700
 N_COPIES = 300

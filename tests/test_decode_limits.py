@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from imgaudit import testing_hostile as hostile
 from imgaudit.config import DecodeSettings
 from imgaudit.errors import (
     DecodeCrashed,
@@ -28,7 +27,8 @@ from imgaudit.errors import (
 )
 from imgaudit.media.decode import DEFAULT_MAX_JPEG_SCANS, count_jpeg_scans, decode
 from imgaudit.media.sandbox import DecodePool
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing import hostile
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 
 CASE_BUDGET_S = 2.0  # per hostile file, in process, on a shared 2-core machine
 

@@ -25,7 +25,7 @@ from imgaudit.errors import ConfigError, ExternalUnavailable
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.services.worker import WorkerService
 from imgaudit.sources.table import NAME_MAX, ExternalTable, source_name
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 from imgaudit.types import ItemRecord
 
 LEGACY = {

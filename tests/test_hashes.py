@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from imgaudit.signals.hashes import from_signed, hamming, phash, pixel_sha256, to_signed
-from imgaudit.testing import textured_image
+from imgaudit.testing.fakes import textured_image
 
 
 @pytest.mark.parametrize("seed", range(5))

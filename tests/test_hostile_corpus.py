@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from imgaudit.testing import jpeg_bytes, textured_image
-from imgaudit.testing_hostile import write_file_corpus
-from imgaudit.testing_memory import PeakSampler
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
+from imgaudit.testing.hostile import write_file_corpus
+from imgaudit.testing.memory import PeakSampler
 
 PEAK_RSS_LIMIT = 1536 * 1024 * 1024  # bytes: the 1.5 GB, model and OCR included
 FOLDER_BUDGET_S = 240.0  # the whole file corpus, model load included

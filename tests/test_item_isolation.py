@@ -19,7 +19,7 @@ from imgaudit.config import Settings
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.pipeline import batch as batch_module
 from imgaudit.sources.files import FolderSource
-from imgaudit.testing import FakeVisualSession, textured_image
+from imgaudit.testing.fakes import FakeVisualSession, textured_image
 
 POISON_SIDE = 97  # images this wide break the fakes below
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from imgaudit.signals import local_features as lf
-from imgaudit.testing import textured_image
+from imgaudit.testing.fakes import textured_image
 
 # What MAGSAC returned for that pair (a's 480x360 grey to b's 480x360): rank 2 to float64 precision
 # (singular values 205, 0.11, 4e-16), so the inverse that warpPerspective computes has entries ~1e15.
@@ -68,7 +68,7 @@ def test_the_cli_sample_pair_that_crashed_verifies_in_a_subprocess() -> None:
         from imgaudit.media.decode import decode
         from imgaudit.signals import local_features as lf
         from imgaudit.store.thumbs import ThumbStore
-        from imgaudit.testing import jpeg_bytes, textured_image
+        from imgaudit.testing.fakes import jpeg_bytes, textured_image
 
         def decoded(seed):
             data = jpeg_bytes(textured_image(seed, (640, 480)), quality=92)

@@ -15,7 +15,7 @@ from test_cli import cli
 from imgaudit.config import ModerationSettings
 from imgaudit.policy.moderation import decide
 from imgaudit.rules.matcher import TextRules
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 from imgaudit.types import ClassScores, Code, Moderation, ModerationSignals, OcrLine, Quality
 
 BOX = ((10, 400), (300, 400), (300, 440), (10, 440))

@@ -16,7 +16,7 @@ from imgaudit.models.ocr import OcrEngine, resize_longest
 from imgaudit.signals.codes import read_codes
 from imgaudit.signals.labels import names, top_labels
 from imgaudit.signals.quality import measure
-from imgaudit.testing import textured_image
+from imgaudit.testing.fakes import textured_image
 
 
 def _rgb(seed: int = 278, size: tuple[int, int] = (640, 480)) -> np.ndarray:

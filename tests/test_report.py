@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from imgaudit.services.report import write_report
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 from imgaudit.types import ItemRecord
 
 HOSTILE = "<script>alert(1)</script>"

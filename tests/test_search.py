@@ -22,7 +22,7 @@ from imgaudit.services.dedup import DedupService
 from imgaudit.services.search import SearchFilters, SearchService
 from imgaudit.services.search_index import SearchIndexes
 from imgaudit.sources.files import FolderSource
-from imgaudit.testing import FakeTextEncoder, jpeg_bytes, textured_image
+from imgaudit.testing.fakes import FakeTextEncoder, jpeg_bytes, textured_image
 from imgaudit.types import ImageRef
 
 SEEDS = [278, 371, 246, 126, 98, 114]
@@ -191,7 +191,7 @@ def test_a_configured_clip_joins_the_search(
 
     from imgaudit.bootstrap import build_image_text
     from imgaudit.config import load_settings
-    from imgaudit.testing_clip import make_tiny_clip
+    from imgaudit.testing.clip import make_tiny_clip
 
     tiny = make_tiny_clip(tmp_path / "clip", colours={"red": (220, 30, 30), "green": (30, 200, 40)})
     settings = load_settings(

@@ -13,7 +13,7 @@ from imgaudit.label_space import BASELINE, LabelConfig, LabelSpace, label_prompt
 from imgaudit.models.text import E5TextEncoder, TextEncoder, normalize_text
 from imgaudit.signals.colour import attribute_text, colour_names
 from imgaudit.signals.labels import N_CLASSES, class_names, hypernym_nodes
-from imgaudit.testing import FakeTextEncoder
+from imgaudit.testing.fakes import FakeTextEncoder
 
 DIM = FakeTextEncoder.dim
 

@@ -14,7 +14,7 @@ from imgaudit.bootstrap import dedup_service
 from imgaudit.config import Settings
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.sources.files import FolderSource
-from imgaudit.testing import textured_image
+from imgaudit.testing.fakes import textured_image
 from imgaudit.types import ImageRef
 
 

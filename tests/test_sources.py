@@ -15,7 +15,7 @@ from imgaudit.models.visual import VisualEncoder
 from imgaudit.sources import files
 from imgaudit.sources.files import FolderSource, UrlListSource, source_for
 from imgaudit.store.sql import SqlStore
-from imgaudit.testing import textured_image
+from imgaudit.testing.fakes import textured_image
 from imgaudit.types import Status
 
 RAW_NAME = os.fsdecode(b"caf\xe9 \xff.jpg")  # Latin-1 bytes: not UTF-8

@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from imgaudit.signals import local_features as lf
 from imgaudit.signals.framing import content_box
-from imgaudit.testing import textured_image
+from imgaudit.testing.fakes import textured_image
 
 
 def arr(im: Image.Image) -> np.ndarray:

@@ -30,7 +30,7 @@ from imgaudit.services import runfiles
 from imgaudit.services.runfiles import follow, read_pid, tail_lines
 from imgaudit.services.workers import is_worker_process
 from imgaudit.store.sql import SqlStore
-from imgaudit.testing import jpeg_bytes, textured_image
+from imgaudit.testing.fakes import jpeg_bytes, textured_image
 
 CLI = [sys.executable, "-m", "imgaudit.cli"]
 
