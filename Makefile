@@ -40,6 +40,7 @@ DBS := bash scripts/dbs.sh
 test: install
 	$(BIN)/ruff check imgaudit tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 ifneq ($(FULL_DBS),)
 	@$(MAKE) --no-print-directory test-fonts
 endif
@@ -52,6 +53,7 @@ endif
 test-all: install
 	$(BIN)/ruff check imgaudit tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	@$(MAKE) --no-print-directory test-dbs
 
 test-dbs: install
@@ -79,6 +81,7 @@ lint: install
 	$(BIN)/ruff check imgaudit tests bench
 	$(BIN)/ruff format --check imgaudit tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # Needs the dev photos: ../shared/data/fetch-dev-photos.sh DIR, then `make bench-dedup PHOTOS=DIR`.
 bench-dedup: install
@@ -87,7 +90,7 @@ bench-dedup: install
 clean:
 	rm -rf $(VENV) demo data
 
-# Regenerate docs/configuration.md from the settings in imgaudit/config.py (tests/test_docs.py fails when
+# Regenerate docs/configuration.md from the settings in imgaudit/config.py (tests/project/test_docs.py fails when
 # the file is stale).
 .PHONY: docs
 docs: install

@@ -38,9 +38,8 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgaudit.bootstrap import build_encoder
+from imgaudit.bootstrap import build_encoder, train
 from imgaudit.config import load_settings
-from imgaudit.services import training
 from imgaudit.services.training import TrainOptions
 
 VIOLATE_FOLDERS = (
@@ -103,7 +102,7 @@ def build_timing_set(photos: Path, rows: list[dict], dest: Path, n: int, seed: i
 def run(settings, dataset: Path, encoder, options: TrainOptions, label: str) -> dict:
     print(f"… {label}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result = training.train(settings, dataset, encoder, options)
+    result = train(settings, dataset, encoder, options)
     wall = time.perf_counter() - start
     m, ds, sec = result.meta["metrics"], result.meta["dataset"], result.meta["seconds"]
     return {

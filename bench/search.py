@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imgaudit.config import load_settings
 from imgaudit.label_space import BASELINE, LabelConfig, LabelSpace
-from imgaudit.models.text import E5TextEncoder, TextEncoder, normalize_text
+from imgaudit.models.ports import TextEncoder
+from imgaudit.models.text import E5TextEncoder, normalize_text
 from imgaudit.signals.colour import attribute_text, colour_names
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, partial
+from pathlib import Path
+from typing import Any
 
 from imgaudit.config import Settings
 from imgaudit.errors import ConfigError, StoreError
@@ -17,24 +19,37 @@ from imgaudit.index.tantivy_index import TantivyTextIndex
 from imgaudit.label_space import LabelSpace
 from imgaudit.media.sandbox import DecodePool
 from imgaudit.models.classifier import ClassifierHub
-from imgaudit.models.clip import ClipEncoder, ImageTextEncoder
+from imgaudit.models.clip import ClipEncoder
+from imgaudit.models.export import VisualModelFile
+from imgaudit.models.heads import LocalHeads
 from imgaudit.models.nsfw import NsfwScorer
 from imgaudit.models.ocr import OcrEngine
+from imgaudit.models.ports import ImageTextEncoder, TextEncoder
 from imgaudit.models.remote.dashscope_embedding import RemoteEmbedder
 from imgaudit.models.remote.openai_chat import RemoteCaptioner
 from imgaudit.models.text import E5TextEncoder
-from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder, descriptor_id
+from imgaudit.models.visual import DESCRIPTOR_DIM, VisualEncoder
 from imgaudit.pipeline import Moderator, Pipeline
 from imgaudit.rules.matcher import TextRules
+from imgaudit.services import training
 from imgaudit.services.dedup import DedupService
 from imgaudit.services.items import ItemsService
+from imgaudit.services.prepare import Prepared, Progress, prepare_models
 from imgaudit.services.search import SearchService
 from imgaudit.services.search_index import SearchIndexes
 from imgaudit.services.stats import StatsService
 from imgaudit.services.worker import WorkerService
+from imgaudit.sources.files import Source, source_for
 from imgaudit.store.ports import Store
 from imgaudit.store.sql import SqlStore
 from imgaudit.store.thumbs import ThumbStore
+
+
+def open_source(settings: Settings, target: str) -> Source:
+    """The source a user's ``target`` names: a folder, a single image file, or a text file of URLs, read
+    the way the settings say (``fetch.cdn_base`` for relative URLs, ``sources.follow_symlinks``).
+    Resolved before any service opens, so a mistyped path fails at once and creates nothing."""
+    return source_for(target, settings.fetch.cdn_base, follow_symlinks=settings.sources.follow_symlinks)
 
 
 @contextmanager
@@ -113,7 +128,7 @@ def build_moderator(
         classifiers=ClassifierHub(
             settings.data_dir / "classifiers",
             reload_every=cfg.reload_every,
-            encoder_id=descriptor_id(encoder),
+            encoder_id=encoder.descriptor,
         )
         if cfg.classifier
         else None,
@@ -130,7 +145,7 @@ def dedup_service(settings: Settings, encoder: VisualEncoder | None = None) -> I
     store = SqlStore(settings.store_url)
     encoder = encoder or build_encoder(settings)
     indexes = DedupReplica.open(
-        backend, DESCRIPTOR_DIM, descriptor=descriptor_id(encoder), directory=settings.data_dir / "index"
+        backend, DESCRIPTOR_DIM, descriptor=encoder.descriptor, directory=settings.data_dir / "index"
     )
     thumbs = ThumbStore(settings.data_dir / "thumbs")
     pool = ThreadPoolExecutor(2, thread_name_prefix="moderate")
@@ -202,7 +217,7 @@ def search_service(settings: Settings, encoder: VisualEncoder | None = None) -> 
     """Search over the store, with the dedup service behind it for image queries and groups; the search
     indexes catch up with the store before each query (or on ``sync``)."""
     text = _text_encoder(settings.models.threads)
-    labels = LabelSpace(text, settings.cache_dir)
+    labels = label_space(settings, text)
     backend = index_backend(settings)
     with dedup_service(settings, encoder) as dedup, _bm25(settings, backend) as bm25:
         indexes = SearchIndexes(
@@ -223,3 +238,39 @@ def stats_service(settings: Settings) -> Iterator[StatsService]:
     """Counts, rates, queue depth and activity: the store only, no model or index."""
     with open_store(settings) as store:
         yield StatsService(store)
+
+
+def label_space(settings: Settings, text: TextEncoder | None = None) -> LabelSpace:
+    """The label space search uses, over ``text`` (default: the real text model) and the cache directory:
+    ``models prepare`` builds the very file ``search_service`` reads."""
+    return LabelSpace(text or E5TextEncoder(threads=settings.models.threads), settings.cache_dir)
+
+
+def prepare(
+    settings: Settings, progress: Progress | None = None, text: TextEncoder | None = None
+) -> list[Prepared]:
+    """``imgaudit models prepare``: the visual encoder's export and the label space, built when missing."""
+    return prepare_models(VisualModelFile(settings.cache_dir), label_space(settings, text), progress)
+
+
+def train(
+    settings: Settings,
+    dataset_dir: Path,
+    encoder: VisualEncoder,
+    options: training.TrainOptions | None = None,
+    progress: training.Progress | None = None,
+) -> training.TrainResult:
+    """``imgaudit train``, with the local classifier heads."""
+    return training.train(
+        settings, dataset_dir, encoder, options, progress, heads=LocalHeads(settings.models.threads)
+    )
+
+
+def promote(settings: Settings, ref: str, encoder: VisualEncoder | None = None) -> dict[str, Any]:
+    """``imgaudit models promote``: the head is loaded here as workers load it, so a broken one is refused."""
+    return training.promote(settings, ref, encoder, heads=LocalHeads(settings.models.threads))
+
+
+def rollback(settings: Settings, encoder: VisualEncoder | None = None) -> dict[str, Any]:
+    """``imgaudit models rollback``, checked the same way."""
+    return training.rollback(settings, encoder, heads=LocalHeads(settings.models.threads))

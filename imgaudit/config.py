@@ -48,43 +48,47 @@ class _Group(BaseModel):
 class FetchSettings(_Group):
     """Downloading images over HTTP(S)."""
 
-    concurrency: int = Field(10, ge=1, le=256, description="Parallel downloads.")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
-    read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for each chunk of the body.")
+    concurrency: int = Field(default=10, ge=1, le=256, description="Parallel downloads.")
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(default=15.0, gt=0, description="Seconds to wait for each chunk of the body.")
     total_timeout: float = Field(
-        60.0, gt=0, description="Seconds for a whole download, so a server that trickles bytes is cut off."
+        default=60.0,
+        gt=0,
+        description="Seconds for a whole download, so a server that trickles bytes is cut off.",
     )
     retries: int = Field(
-        2,
+        default=2,
         ge=0,
         le=10,
         description="Extra attempts for retryable failures (5xx, 408, 429, timeouts, connection errors); "
         "a rejected TLS certificate is not retried.",
     )
     backoff: float = Field(
-        0.5,
+        default=0.5,
         ge=0,
         description="Base of the exponential back-off between attempts (backoff * 2**attempt), seconds; a "
         "longer Retry-After is honoured up to 10 s.",
     )
     max_bytes: int = Field(
-        30 * 1024 * 1024,
+        default=30 * 1024 * 1024,
         ge=1024,
         description="Refuse bodies larger than this, counted on the wire while streaming (and early on "
         "Content-Length); local files and training images too.",
     )
     straggler_seconds: float = Field(
-        5.0,
+        default=5.0,
         gt=0,
         description="Once all but a tenth of a batch's downloads have ended, the rest get this long, then "
         "are cut off as slow_server and retried later (on an item's last attempt: the whole total_timeout).",
     )
     max_redirects: int = Field(
-        5, ge=0, le=20, description="Redirects followed; every target passes the SSRF guard again."
+        default=5, ge=0, le=20, description="Redirects followed; every target passes the SSRF guard again."
     )
-    cdn_base: str = Field("", description="Prefix joined to relative image URLs (cdn_base + image_url).")
+    cdn_base: str = Field(
+        default="", description="Prefix joined to relative image URLs (cdn_base + image_url)."
+    )
     allow_private: bool = Field(
-        False,
+        default=False,
         description="Switch the SSRF guard's address check off, so loopback, private, link-local and "
         "cloud metadata targets are fetched (tests, internal deployments); off: refused.",
     )
@@ -93,14 +97,14 @@ class FetchSettings(_Group):
         description="Host names (exact, or .example.com / *.example.com for subdomains) or CIDRs exempt "
         "from the SSRF guard's address check.",
     )
-    user_agent: str = Field("imgaudit/0.1", description="User-Agent header sent with downloads.")
+    user_agent: str = Field(default="imgaudit/0.1", description="User-Agent header sent with downloads.")
 
 
 class SourcesSettings(_Group):
     """Reading folders for ingest."""
 
     follow_symlinks: bool = Field(
-        False,
+        default=False,
         description="Follow links in an ingested folder that point outside it (off: each such link is "
         "recorded as an outside_root failure, so a link to /etc/passwd is never read).",
     )
@@ -110,47 +114,50 @@ class DecodeSettings(_Group):
     """Safe image decoding."""
 
     max_pixels: int = Field(
-        64_000_000,
+        default=64_000_000,
         ge=1,
         description="Images with more pixels (or TIFF tiles larger than this) are refused as "
         "decompression bombs, before any pixel is decoded.",
     )
     max_side: int = Field(
-        512,
+        default=512,
         ge=64,
         description="Longest side kept for analysis after decoding; large JPEGs are decoded at reduced "
         "size (draft mode, 1/2 to 1/8 scale).",
     )
     max_jpeg_scans: int = Field(
-        100,
+        default=100,
         ge=1,
         description="Progressive JPEGs with more scans are refused (jpeg_too_many_scans): each scan is a "
         "pass over the whole image. libjpeg's standard progressive script has 10 (6 for greyscale).",
     )
     isolation: str = Field(
-        "process",
+        default="process",
         pattern="^(process|thread)$",
         description="'process': decode in worker processes with a deadline and a memory limit, so a "
         "native crash fails only that image; 'thread': in the caller's thread (faster, but no deadline, "
         "no memory limit, and a crash takes the whole process).",
     )
     timeout_seconds: float = Field(
-        5.0,
+        default=5.0,
         gt=0,
         description="Wall-clock deadline for one decode in process isolation (decode_timeout). The "
         "slowest normal case measured, a 64 MP progressive JPEG, takes about 1 s on one core.",
     )
     max_memory_mb: int = Field(
-        2048,
+        default=2048,
         ge=0,
         description="Address-space limit (RLIMIT_AS) of each decode worker process: an allocation past it "
         "fails that image as decompression_bomb instead of exhausting the machine. 0 turns it off.",
     )
     workers: int = Field(
-        0, ge=0, le=64, description="Decode worker processes in process isolation; 0: one per CPU core."
+        default=0,
+        ge=0,
+        le=64,
+        description="Decode worker processes in process isolation; 0: one per CPU core.",
     )
     batch_max_bytes: int = Field(
-        256 * 1024 * 1024,
+        default=256 * 1024 * 1024,
         ge=1024,
         description="Image bytes one batch may hold at once (downloads and files together); items past it "
         "wait for the next batch, losing no attempt (over_budget is never recorded). With fetch.max_bytes "
@@ -165,40 +172,49 @@ class DedupSettings(_Group):
     """
 
     phash_max_distance: int = Field(
-        4, ge=0, le=32, description="pHash Hamming distance at or below which an image is a duplicate."
+        default=4,
+        ge=0,
+        le=32,
+        description="pHash Hamming distance at or below which an image is a duplicate.",
     )
-    phash_candidates: int = Field(8, ge=1, description="Hash neighbours examined per image.")
+    phash_candidates: int = Field(default=8, ge=1, description="Hash neighbours examined per image.")
     embed_duplicate: float = Field(
-        0.92, ge=-1, le=1, description="Descriptor cosine at or above which an image is a duplicate outright."
+        default=0.92,
+        ge=-1,
+        le=1,
+        description="Descriptor cosine at or above which an image is a duplicate outright.",
     )
     embed_verify: float = Field(
-        0.60,
+        default=0.60,
         ge=-1,
         le=1,
         description="Cosine from which (up to embed_duplicate) geometric verification decides.",
     )
     verify_min_inliers: int = Field(
-        12, ge=4, description="RANSAC homography inliers needed to confirm a match in the band."
+        default=12, ge=4, description="RANSAC homography inliers needed to confirm a match in the band."
     )
     verify_min_agreement: float = Field(
-        0.80, ge=-1, le=1, description="Median correlation of the aligned pixels needed to confirm a match."
+        default=0.80,
+        ge=-1,
+        le=1,
+        description="Median correlation of the aligned pixels needed to confirm a match.",
     )
     verify_max_distortion: float = Field(
-        10.0,
+        default=10.0,
         ge=0,
         le=90,
         description="Largest corner-angle change (degrees) of the mapping between the two: digital copies "
         "(crop, scale, rotate, mirror, pad) keep right angles; another viewpoint of the same scene does not.",
     )
     verify_candidates: int = Field(
-        3,
+        default=3,
         ge=1,
         description="Candidates in the verification band (embed_verify up to embed_duplicate) verified "
         "per image, most similar first.",
     )
-    top_k: int = Field(10, ge=1, description="Descriptor neighbours retrieved per image.")
+    top_k: int = Field(default=10, ge=1, description="Descriptor neighbours retrieved per image.")
     index_duplicates: bool = Field(
-        False,
+        default=False,
         description="Also add duplicates to the indexes (descriptor and hash); off: only unique images "
         "join them.",
     )
@@ -208,48 +224,56 @@ class IndexSettings(_Group):
     """The in-process vector and hash indexes."""
 
     backend: str = Field(
-        "faiss",
-        description="Dedup index backend: 'faiss' (saved as snapshots under data_dir/index) or 'memory' "
-        "(the brute-force reference, not saved: rebuilt from the store at each start).",
+        default="faiss",
+        description="Backend of the dedup indexes and the search indexes: 'faiss' (FAISS vectors and a "
+        "tantivy BM25 index, saved under data_dir/index and data_dir/search) or 'memory' (the brute-force "
+        "and exact-BM25 references, not saved: rebuilt from the store at each start, which re-embeds the "
+        "search feed; for tests and small stores).",
     )
     exact_below: int = Field(
-        50_000,
+        default=50_000,
         ge=0,
         description="Below this many vectors a FAISS index searches exactly; on reaching it, it becomes "
         "an IVF index with 8-bit codes (0: always exact).",
     )
-    nprobe: int = Field(16, ge=1, description="Inverted lists probed per query by the approximate index.")
+    nprobe: int = Field(
+        default=16, ge=1, description="Inverted lists probed per query by the approximate index."
+    )
 
 
 class ModelSettings(_Group):
     """Model files and inference."""
 
-    batch_size: int = Field(32, ge=1, le=512, description="Images per model call.")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
-    input_size: int = Field(224, ge=64, le=640, description="Side of the square visual encoder input.")
+    batch_size: int = Field(default=32, ge=1, le=512, description="Images per model call.")
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
+    input_size: int = Field(
+        default=224, ge=64, le=640, description="Side of the square visual encoder input."
+    )
 
 
 class WorkerSettings(_Group):
     """The always-on worker (``imgaudit worker``)."""
 
-    batch_size: int = Field(100, ge=1, le=10_000, description="Items a worker claims per batch.")
+    batch_size: int = Field(default=100, ge=1, le=10_000, description="Items a worker claims per batch.")
     idle_sleep: float = Field(
-        2.0,
+        default=2.0,
         ge=0.05,
         description="Seconds a worker sleeps when there is nothing to do; also the base of its back-off "
         "while the database is unavailable (doubling, at most 30 s).",
     )
     save_every: float = Field(
-        60.0, ge=1, description="Seconds between index snapshots while working (one is also saved on stop)."
+        default=60.0,
+        ge=1,
+        description="Seconds between index snapshots while working (one is also saved on stop).",
     )
     status_every: float = Field(
-        2.0,
+        default=2.0,
         ge=0.1,
         description="Seconds between updates of the worker's status file (what `imgaudit worker status` "
         "reads).",
     )
     stop_timeout: float = Field(
-        60.0,
+        default=60.0,
         ge=1,
         description="Seconds `worker stop` and `worker restart` wait for the worker to finish its batch "
         "and exit; past it they give up with exit code 1 and the worker keeps running (--timeout "
@@ -261,48 +285,52 @@ class LogSettings(_Group):
     """Worker logs."""
 
     json_lines: bool = Field(
-        False, description="Write the worker log as JSON lines (one object per line) instead of text."
+        default=False, description="Write the worker log as JSON lines (one object per line) instead of text."
     )
     level: str = Field(
-        "INFO",
+        default="INFO",
         description="Level of imgaudit's own log lines: DEBUG, INFO, WARNING or ERROR (other libraries "
         "log WARNING and above only).",
     )
     max_bytes: int = Field(
-        10 * 1024 * 1024,
+        default=10 * 1024 * 1024,
         ge=1024,
         description="The worker log (data_dir/logs/worker-NAME.log) rotates at this size.",
     )
-    backups: int = Field(5, ge=0, description="Rotated log files kept.")
+    backups: int = Field(default=5, ge=0, description="Rotated log files kept.")
 
 
 class ExternalTableSettings(_Group):
     """An existing business table used as the queue (the legacy MySQL contract). Off when url is empty."""
 
     url: str = Field(
-        "",
+        default="",
         description="SQLAlchemy URL of a business database whose table is the queue (e.g. "
         "mysql+pymysql://...; mysql:// means PyMySQL); empty: off.",
     )
     name: str = Field(
-        "",
+        default="",
         max_length=64,
         description="Stable name of this source (keys its cursor and items); empty: table@host/db.",
     )
-    table: str = Field("", description="The content table.")
+    table: str = Field(default="", description="The content table.")
     key_column: str = Field(
-        "id", description="Unique, increasing key column: the read cursor, compared in the column's type."
+        default="id",
+        description="Unique, increasing key column: the read cursor, compared in the column's type.",
     )
     image_column: str = Field(
-        "image_url", description="Column with the image URL, or a path joined to fetch.cdn_base."
+        default="image_url", description="Column with the image URL, or a path joined to fetch.cdn_base."
     )
     select_where: str = Field(
-        "status = 'draft' AND similarity = 'draft'",
+        default="status = 'draft' AND similarity = 'draft'",
         description="SQL condition selecting rows waiting for work, inserted exactly as written "
         "(operator-trusted).",
     )
     batch_size: int = Field(
-        100, ge=1, le=10_000, description="Rows read per poll: one short read, no transaction left open."
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Rows read per poll: one short read, no transaction left open.",
     )
     caption_columns: list[str] = Field(
         default_factory=list,
@@ -332,20 +360,22 @@ class ExternalTableSettings(_Group):
         "so they win).",
     )
     moderation_column: str = Field(
-        "",
+        default="",
         description="Column receiving the moderation verdict: pass, review or violate (empty: not written).",
     )
     reasons_column: str = Field(
-        "",
+        default="",
         description="Column receiving the moderation reasons as one line of text, cut to the column's "
         "length (empty: not written).",
     )
-    score_column: str = Field("", description="Column receiving the duplicate score (empty: not written).")
+    score_column: str = Field(
+        default="", description="Column receiving the duplicate score (empty: not written)."
+    )
     original_column: str = Field(
-        "", description="Column receiving the matched original's key (empty: not written)."
+        default="", description="Column receiving the matched original's key (empty: not written)."
     )
     error_column: str = Field(
-        "",
+        default="",
         description="Column receiving the short failure reason, cut to the column's length (empty: not "
         "written).",
     )
@@ -358,34 +388,36 @@ class ModerationSettings(_Group):
     Thresholds come from ``bench/moderation.py`` (docs/benchmarks.md, docs/moderation.md).
     """
 
-    enabled: bool = Field(True, description="Run moderation in the pipeline (off: dedup only).")
-    ocr: bool = Field(True, description="Read text with OCR (PP-OCRv4, Chinese + English).")
-    qr: bool = Field(True, description="Detect and decode QR codes and other 2-D codes.")
+    enabled: bool = Field(default=True, description="Run moderation in the pipeline (off: dedup only).")
+    ocr: bool = Field(default=True, description="Read text with OCR (PP-OCRv4, Chinese + English).")
+    qr: bool = Field(default=True, description="Detect and decode QR codes and other 2-D codes.")
     barcodes: bool = Field(
-        False, description="Also decode 1-D barcodes (EAN, Code 128...; about 5 ms more per image)."
+        default=False, description="Also decode 1-D barcodes (EAN, Code 128...; about 5 ms more per image)."
     )
-    nsfw: bool = Field(True, description="Score nudity with the open_nsfw model.")
-    quality: bool = Field(True, description="Measure sharpness, contrast and flatness.")
-    classifier: bool = Field(True, description="Apply the promoted classifier head, when there is one.")
+    nsfw: bool = Field(default=True, description="Score nudity with the open_nsfw model.")
+    quality: bool = Field(default=True, description="Measure sharpness, contrast and flatness.")
+    classifier: bool = Field(
+        default=True, description="Apply the promoted classifier head, when there is one."
+    )
     ocr_det_side: int = Field(
-        512,
+        default=512,
         ge=128,
         le=2048,
         description="Longest side at which text is detected, on the pixels already decoded for analysis "
         "(so at most decode.max_side); 320 is 3x cheaper but misses small print.",
     )
     ocr_read_side: int = Field(
-        1280,
+        default=1280,
         ge=320,
         le=4096,
         description="Longest side of the larger decode on which detected lines are read (only for images "
         "where text was detected).",
     )
     ocr_min_score: float = Field(
-        0.5, ge=0, le=1, description="Recognised lines with a lower OCR confidence are dropped."
+        default=0.5, ge=0, le=1, description="Recognised lines with a lower OCR confidence are dropped."
     )
     ocr_confident: float = Field(
-        0.80,
+        default=0.80,
         ge=0,
         le=1,
         description="A contact detail read from a line with a lower OCR score goes to review, not violate.",
@@ -398,25 +430,27 @@ class ModerationSettings(_Group):
         description="Prohibited-word lists: text files, one word per line; the file name is the category.",
     )
     nsfw_min_skin: float = Field(
-        0.10,
+        default=0.10,
         ge=0,
         le=1,
         description="The NSFW model runs only on images with at least this share of skin-coloured pixels "
         "(grey images always); 0 runs it on every image.",
     )
     nsfw_violate: float = Field(
-        0.90, ge=0, le=1, description="NSFW score at or above which an image violates."
+        default=0.90, ge=0, le=1, description="NSFW score at or above which an image violates."
     )
-    nsfw_review: float = Field(0.60, ge=0, le=1, description="NSFW score from which an image goes to review.")
+    nsfw_review: float = Field(
+        default=0.60, ge=0, le=1, description="NSFW score from which an image goes to review."
+    )
     classifier_violate: float = Field(
-        0.90,
+        default=0.90,
         ge=0,
         le=1,
         description="Highest probability among the classes not in pass_classes at or above which an image "
         "violates.",
     )
     classifier_review: float = Field(
-        0.50,
+        default=0.50,
         ge=0,
         le=1,
         description="Highest probability among the classes not in pass_classes from which an image goes "
@@ -428,27 +462,29 @@ class ModerationSettings(_Group):
         "other class is.",
     )
     min_sharpness: float = Field(
-        60.0,
+        default=60.0,
         ge=0,
         description="Variance of the Laplacian (at 384 px) below which an image is blurry (review).",
     )
-    min_side: int = Field(64, ge=1, description="Images with a shorter side are too small (review).")
+    min_side: int = Field(default=64, ge=1, description="Images with a shorter side are too small (review).")
     min_contrast: float = Field(
-        4.0, ge=0, description="Grey-level standard deviation below which an image is near blank (review)."
+        default=4.0,
+        ge=0,
+        description="Grey-level standard deviation below which an image is near blank (review).",
     )
     max_dominant_fraction: float = Field(
-        0.97,
+        default=0.97,
         gt=0,
         le=1,
         description="Share of one colour above which an image is mostly one colour (review).",
     )
     qr_decision: str = Field(
-        "violate",
+        default="violate",
         pattern="^(pass|review|violate)$",
         description="What a QR, DataMatrix or Aztec code in an image asks for: pass, review or violate.",
     )
     reload_every: float = Field(
-        5.0,
+        default=5.0,
         ge=0.5,
         description="Seconds between checks (one stat) for a newly promoted classifier; running workers "
         "load it without a restart.",
@@ -462,30 +498,30 @@ class ClipSettings(_Group):
     """
 
     image_model: Path | None = Field(
-        None, description="ONNX image tower: float32 (N, 3, S, S) in, projected (N, D) embedding out."
+        default=None, description="ONNX image tower: float32 (N, 3, S, S) in, projected (N, D) embedding out."
     )
     text_model: Path | None = Field(
-        None,
+        default=None,
         description="ONNX text tower: int64 token ids (N, L) [+ attention_mask] in, (N, D) embedding out.",
     )
     vocab: Path | None = Field(
-        None,
+        default=None,
         description="Tokenizer vocabulary: vocab.json (CLIP, with merges), vocab.txt (Chinese-CLIP), or "
         "open_clip's bpe_simple_vocab_16e6.txt.gz on its own.",
     )
-    merges: Path | None = Field(None, description="CLIP BPE merges.txt (with vocab.json).")
+    merges: Path | None = Field(default=None, description="CLIP BPE merges.txt (with vocab.json).")
     tokenizer: str = Field(
-        "auto",
+        default="auto",
         pattern="^(auto|clip-bpe|bert-wordpiece)$",
         description="auto (from the files), clip-bpe (OpenAI CLIP / open_clip) or bert-wordpiece "
         "(Chinese-CLIP).",
     )
     context_length: int = Field(
-        0, ge=0, le=512, description="Text tokens per row; 0: 77 for CLIP BPE, 52 for Chinese-CLIP."
+        default=0, ge=0, le=512, description="Text tokens per row; 0: 77 for CLIP BPE, 52 for Chinese-CLIP."
     )
-    image_size: int = Field(224, ge=32, le=1024, description="Side of the square image-tower input.")
+    image_size: int = Field(default=224, ge=32, le=1024, description="Side of the square image-tower input.")
     framing: str = Field(
-        "crop",
+        default="crop",
         pattern="^(crop|squash)$",
         description="crop: short side resized, centre crop (CLIP); squash: whole image to the square "
         "(Chinese-CLIP).",
@@ -502,12 +538,14 @@ class ClipSettings(_Group):
         max_length=3,
         description="Per-channel standard deviation of the input normalisation.",
     )
-    batch_size: int = Field(32, ge=1, le=512, description="Images or texts per model call.")
+    batch_size: int = Field(default=32, ge=1, le=512, description="Images or texts per model call.")
     image_output: str = Field(
-        "", description="Name of the image tower's embedding output when it has several (N, D) outputs."
+        default="",
+        description="Name of the image tower's embedding output when it has several (N, D) outputs.",
     )
     text_output: str = Field(
-        "", description="Name of the text tower's embedding output when it has several (N, D) outputs."
+        default="",
+        description="Name of the text tower's embedding output when it has several (N, D) outputs.",
     )
 
     @property
@@ -532,68 +570,72 @@ class ClipSettings(_Group):
 class _RemoteCall(_Group):
     """What every remote endpoint shares: the key, deadlines, retries, rate limit and prices."""
 
-    enabled: bool = Field(False, description="Call this remote model (off: never contacted).")
+    enabled: bool = Field(default=False, description="Call this remote model (off: never contacted).")
     api_key: SecretStr = Field(
-        SecretStr(""),
+        default=SecretStr(""),
         description="API key (prefer api_key_env or the IMGAUDIT_REMOTE__... variable; never printed).",
     )
     api_key_env: str = Field(
-        "",
+        default="",
         description="Name of an environment variable holding the API key, read when api_key is empty (named "
         "but unset or empty: a configuration error; neither set: no key is sent, for local servers).",
     )
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to establish a connection.")
     read_timeout: float = Field(
-        60.0, gt=0, description="Seconds to wait for the answer to start / each chunk."
+        default=60.0, gt=0, description="Seconds to wait for the answer to start / each chunk."
     )
-    total_timeout: float = Field(120.0, gt=0, description="Seconds for a whole request.")
+    total_timeout: float = Field(default=120.0, gt=0, description="Seconds for a whole request.")
     retries: int = Field(
-        3, ge=0, le=10, description="Extra attempts after 429, 408, 5xx, timeouts, lost connections."
+        default=3, ge=0, le=10, description="Extra attempts after 429, 408, 5xx, timeouts, lost connections."
     )
     backoff: float = Field(
-        1.0,
+        default=1.0,
         ge=0,
         description="Base of the exponential back-off between attempts (backoff * 2**attempt), seconds; a "
         "longer Retry-After is honoured up to max_retry_after.",
     )
     max_retry_after: float = Field(
-        30.0, ge=0, description="Longest wait honoured from a Retry-After header, seconds."
+        default=30.0, ge=0, description="Longest wait honoured from a Retry-After header, seconds."
     )
     rate_limit: float = Field(
-        2.0, ge=0, description="Requests per second, client-side, retries included (0: unlimited)."
+        default=2.0, ge=0, description="Requests per second, client-side, retries included (0: unlimited)."
     )
-    burst: int = Field(1, ge=1, description="Requests that may go at once after an idle spell.")
-    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at most.")
+    burst: int = Field(default=1, ge=1, description="Requests that may go at once after an idle spell.")
+    concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight at most.")
     max_response_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Answers larger than this are refused."
+        default=16 * 1024 * 1024, ge=1024, description="Answers larger than this are refused."
     )
-    trust_env: bool = Field(True, description="Use HTTP(S)_PROXY / NO_PROXY from the environment.")
+    trust_env: bool = Field(default=True, description="Use HTTP(S)_PROXY / NO_PROXY from the environment.")
     per_1k_input_tokens: float = Field(
-        0.0, ge=0, description="Price per 1000 input tokens, for the cost estimate."
+        default=0.0, ge=0, description="Price per 1000 input tokens, for the cost estimate."
     )
     per_1k_output_tokens: float = Field(
-        0.0, ge=0, description="Price per 1000 output tokens, for the cost estimate."
+        default=0.0, ge=0, description="Price per 1000 output tokens, for the cost estimate."
     )
-    per_image: float = Field(0.0, ge=0, description="Price per image, for the cost estimate.")
+    per_image: float = Field(default=0.0, ge=0, description="Price per image, for the cost estimate.")
 
 
 class RemoteCaptionerSettings(_RemoteCall):
     """Short Chinese + English image descriptions from an OpenAI-compatible vision chat endpoint."""
 
-    base_url: str = Field("", description="API base URL; requests go to {base_url}/chat/completions.")
-    model: str = Field("", description="Vision chat model name, as the provider spells it.")
+    base_url: str = Field(default="", description="API base URL; requests go to {base_url}/chat/completions.")
+    model: str = Field(default="", description="Vision chat model name, as the provider spells it.")
     prompt: str = Field(
-        "", description="Instruction sent with each image (empty: the built-in bilingual one)."
+        default="", description="Instruction sent with each image (empty: the built-in bilingual one)."
     )
-    max_tokens: int = Field(200, ge=16, le=4096, description="Longest answer asked for, in tokens.")
-    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: most repeatable).")
-    max_chars: int = Field(400, ge=16, description="Descriptions are cut to this many characters.")
+    max_tokens: int = Field(default=200, ge=16, le=4096, description="Longest answer asked for, in tokens.")
+    temperature: float = Field(
+        default=0.0, ge=0, le=2, description="Sampling temperature (0: most repeatable)."
+    )
+    max_chars: int = Field(default=400, ge=16, description="Descriptions are cut to this many characters.")
     image_side: int = Field(
-        768, ge=64, le=4096, description="Longest side of the JPEG sent (downscaled, never enlarged)."
+        default=768, ge=64, le=4096, description="Longest side of the JPEG sent (downscaled, never enlarged)."
     )
-    jpeg_quality: int = Field(85, ge=30, le=100, description="Quality of the JPEG sent.")
+    jpeg_quality: int = Field(default=85, ge=30, le=100, description="Quality of the JPEG sent.")
     detail: str = Field(
-        "", pattern="^(|low|high|auto)$", description="image_url.detail where the provider supports it."
+        default="",
+        pattern="^(|low|high|auto)$",
+        description="image_url.detail where the provider supports it.",
     )
 
     @model_validator(mode="after")
@@ -606,19 +648,19 @@ class RemoteCaptionerSettings(_RemoteCall):
 class RemoteEmbedderSettings(_RemoteCall):
     """Image and text embeddings from a DashScope-style multimodal embedding endpoint."""
 
-    url: str = Field("", description="Full URL of the multimodal embedding endpoint (POST).")
-    model: str = Field("", description="Embedding model name, as the provider spells it.")
-    dim: int = Field(1024, ge=1, le=16384, description="Embedding size the model returns.")
+    url: str = Field(default="", description="Full URL of the multimodal embedding endpoint (POST).")
+    model: str = Field(default="", description="Embedding model name, as the provider spells it.")
+    dim: int = Field(default=1024, ge=1, le=16384, description="Embedding size the model returns.")
     batch_size: int = Field(
-        1,
+        default=1,
         ge=1,
         le=64,
         description="Inputs per request; 1 unless the model embeds each of several inputs separately.",
     )
     image_side: int = Field(
-        512, ge=64, le=4096, description="Longest side of the JPEG sent (downscaled, never enlarged)."
+        default=512, ge=64, le=4096, description="Longest side of the JPEG sent (downscaled, never enlarged)."
     )
-    jpeg_quality: int = Field(90, ge=30, le=100, description="Quality of the JPEG sent.")
+    jpeg_quality: int = Field(default=90, ge=30, le=100, description="Quality of the JPEG sent.")
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Extra request 'parameters' object (e.g. a dimension), if any."
     )
@@ -642,7 +684,7 @@ class SearchSettings(_Group):
     """Text and image search over everything ingested (``imgaudit search``)."""
 
     rrf_k: int = Field(
-        60,
+        default=60,
         ge=0,
         description="Reciprocal rank fusion constant: larger lets lower ranks in several lists count more.",
     )
@@ -658,7 +700,7 @@ class SearchSettings(_Group):
         "if BM25 also matched it.",
     )
     per_page: int = Field(
-        20, ge=1, le=500, description="Results per page of `imgaudit search` (--top-k overrides)."
+        default=20, ge=1, le=500, description="Results per page of `imgaudit search` (--top-k overrides)."
     )
 
 
@@ -677,22 +719,24 @@ class Settings(BaseSettings):
         "~/.local/share/imgaudit on Linux, $XDG_DATA_HOME/imgaudit when that is set).",
     )
     cache_dir: Path = Field(
-        Path("~/.cache/imgaudit"),
+        default=Path("~/.cache/imgaudit"),
         description="Derived model files (the visual encoder's ONNX export, the label space of search), "
         "never in the repo; `imgaudit models prepare` fills it.",
     )
     database_url: str = Field(
-        "",
+        default="",
         description="SQLAlchemy URL of the store (e.g. postgresql+psycopg://user:pass@host/db); empty: "
         "the SQLite file imgaudit.db in data_dir.",
     )
     lease_seconds: int = Field(
-        300,
+        default=300,
         ge=5,
         description="How long a claim on a queued item lasts; the worker holding it extends it every "
         "third of that while it works, and once it expires any worker may take the item.",
     )
-    max_attempts: int = Field(3, ge=1, description="Attempts before a retryable failure becomes permanent.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts before a retryable failure becomes permanent."
+    )
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)

@@ -2,7 +2,7 @@
 
 The descriptions live on the fields in ``imgaudit/config.py``; this module only lays them out, so the
 reference cannot drift from the code. ``scripts/gen-config-docs.py`` writes the file, and
-``tests/test_docs.py`` fails when the committed file differs from ``render()``.
+``tests/project/test_docs.py`` fails when the committed file differs from ``render()``.
 """
 
 from __future__ import annotations

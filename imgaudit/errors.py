@@ -57,9 +57,10 @@ class HTTPStatusError(FetchError):
 
     reason = "http_status"
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After), if it did
         # Client errors other than 408/429 will not heal by retrying.
         self.retryable = status >= 500 or status in (408, 429)
 

@@ -34,6 +34,7 @@ def atomic_path(dest: Path, *, durable: bool = False) -> Iterator[Path]:
     then replaces ``dest`` only when ``dest`` does not exist or is an empty directory."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(dest)
+    _remove(tmp)  # left by a killed process that had our pid and thread id: nobody else writes this name
     try:
         yield tmp
         if durable and tmp.is_file():
@@ -41,11 +42,15 @@ def atomic_path(dest: Path, *, durable: bool = False) -> Iterator[Path]:
                 os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(dest: Path, data: bytes, *, durable: bool = False) -> None:

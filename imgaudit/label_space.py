@@ -39,7 +39,7 @@ LABEL_SPACE_VERSION = 1  # bump when the way label texts become vectors changes
 
 class TextSpace(Protocol):
     """What the label space needs of a text encoder: a narrow port that
-    :class:`imgaudit.models.text.TextEncoder` satisfies, so a twin need not embed queries."""
+    :class:`imgaudit.models.ports.TextEncoder` satisfies, so a twin need not embed queries."""
 
     @property
     def name(self) -> str: ...

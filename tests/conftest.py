@@ -62,6 +62,13 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
+def cfg(tmp_path: Path) -> Settings:
+    """Settings on tmp_path without `database_url`: for tests that never open the store (so they stay off
+    the PostgreSQL pass, see STORE_BACKED)."""
+    return load_settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
 def fake_encoder() -> VisualEncoder:
     return VisualEncoder(FakeVisualSession(), batch_size=8)
 
@@ -99,33 +106,59 @@ def cjk_font_path() -> str:
     pytest.skip("no CJK font installed")
 
 
-# -- databases (see tests/dbs.py) -------------------------------------------------------------------------
+# -- databases (see tests/support/dbs.py) --------------------------------------------------------------------
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    missing = [p for p in STORE_BACKED if not (TESTS / p).exists()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py STORE_BACKED names paths that do not exist: {missing}")
     problem = dbs.check_backend()
     if problem:  # asked for a server-backed run without a server: stop before running anything
         raise pytest.UsageError(problem)
 
 
-# Modules whose tests never touch the store: the PostgreSQL pass of `make test-all` (CI) leaves them to
-# the SQLite pass instead of running them twice.
-STORE_INDEPENDENT = {
-    "test_cascade", "test_clip", "test_fusion", "test_hashes", "test_index_conformance", "test_media_decode",
-    "test_media_fetch", "test_moderation_signals", "test_remote", "test_ssrf", "test_text_index",
-    "test_text_risk", "test_verification", "test_docs", "test_semantic", "test_classifier",
-    "test_fetch_hardening", "test_lock", "test_hostile_corpus", "test_decode_limits",
-    "test_local_features_robust",
-}  # fmt: skip
+# -- which tests the PostgreSQL pass runs --------------------------------------------------------------------
+# `make test-dbs` runs the suite twice: on SQLite, then with IMGAUDIT_TEST_BACKEND=postgresql. The second
+# pass runs only the tests that reach a store backend, instead of running pure functions, models, index
+# backends and docs checks twice. A test runs on it when
+#   - it asks for `database_url` (directly or through `settings`), wherever it lives, or
+#   - its file lies under a STORE_BACKED path (relative to tests/): these reach the store some other way
+#     (the CLI and worker subprocesses through `dbs.db_env`, the conformance suite's own `store` fixture,
+#     `SqlStore` built directly), or are the store-side files whose every test ran on both passes before
+#     the tests were arranged by package (tests/models/test_real_visual_encoder.py came from one of them).
+# A listed path that does not exist stops the run, so moving a file cannot silently drop it from the pass.
+STORE_BACKED = (
+    "conformance/test_store_conformance.py",
+    "unit/store/",
+    "unit/services/",
+    "unit/pipeline/",
+    "unit/sources/",
+    "unit/policy/test_moderation.py",
+    "e2e/test_cli.py",
+    "e2e/test_cli_moderation.py",
+    "e2e/test_cli_output.py",
+    "e2e/test_crash_safety.py",
+    "e2e/test_worker_daemon.py",
+    "models/test_real_visual_encoder.py",
+)
+TESTS = Path(__file__).resolve().parent
+
+
+def _store_backed(item: pytest.Item) -> bool:
+    if "database_url" in getattr(item, "fixturenames", ()):
+        return True
+    path = item.path.resolve().relative_to(TESTS).as_posix()
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in STORE_BACKED)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if dbs.BACKEND != "postgresql":
         return
-    drop = [i for i in items if i.module is not None and i.module.__name__ in STORE_INDEPENDENT]
+    drop = [i for i in items if not _store_backed(i)]
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = [i for i in items if i not in drop]
+        items[:] = [i for i in items if _store_backed(i)]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -42,6 +42,7 @@ try:  # Typer >= 0.20 ships its own copy of Click: its exceptions and context st
     from typer._click.exceptions import ClickException
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - older Typer on the real Click
+    # The same API from Click itself; mypy sees the names bound twice.
     from click import get_current_context  # type: ignore[no-redef]
     from click.exceptions import ClickException  # type: ignore[assignment]
 
@@ -233,22 +234,6 @@ def progress(*extra: str | ProgressColumn) -> Progress:
     )
 
 
-def with_progress(total: int, label: str, fn: Callable[[Callable[[int], None]], T], quiet: bool) -> T:
-    """``fn(step)`` under an images-per-second bar of ``total``; ``step(n)``: n more images done."""
-    if quiet:
-        return fn(lambda n: None)
-    with progress(RATE) as bar:
-        task = bar.add_task(label, total=total, rate="")
-
-        def step(n: int) -> None:
-            bar.advance(task, n)
-            t = bar.tasks[0]
-            if t.elapsed:
-                bar.update(task, rate=f"{t.completed / t.elapsed:.1f} img/s")
-
-        return fn(step)
-
-
 def with_totals_progress(label: str, fn: Callable[[Callable[[int, int], None]], T], quiet: bool) -> T:
     """``fn(report)`` under an images-per-second bar; ``report(done, total)`` gives running totals, so
     the bar learns its length from the job itself (0 when it never reports: nothing to do)."""
@@ -258,6 +243,8 @@ def with_totals_progress(label: str, fn: Callable[[Callable[[int, int], None]], 
         task = bar.add_task(label, total=None, rate="")
 
         def report(done: int, total: int) -> None:
+            if bar.tasks[0].total is None:  # the length is known now: count time (img/s) from here
+                bar.reset(task, total=total, completed=done)
             bar.update(task, completed=done, total=total)
             t = bar.tasks[0]
             if t.elapsed:

@@ -15,13 +15,11 @@ index_app = App(help="Maintain the vector and hash indexes.", no_args_is_help=Tr
 @index_app.command("rebuild")
 def index_rebuild(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Rebuild the dedup indexes (vector, hash) and the search indexes from the store."""
-    from imgaudit.bootstrap import dedup_service, search_service
+    from imgaudit.bootstrap import search_service
 
     with command_settings(config) as settings:
-        with dedup_service(settings) as dedup:
-            indexed = dedup.rebuild_index()
         with search_service(settings) as search:
-            searchable = with_totals_progress("search indexes", search.rebuild, as_json)
+            indexed, searchable = with_totals_progress("search indexes", search.rebuild_all, as_json)
         if as_json:
             emit({"event": "index_rebuild", "indexed": indexed, "searchable": searchable})
         else:

@@ -6,8 +6,9 @@ numpy, ONNX Runtime and SQLAlchemy (seconds), which ``--help`` and the other gro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -21,9 +22,13 @@ from imgaudit.cli.common import (
     errors,
     moderation_lines,
     plain,
-    with_progress,
+    with_totals_progress,
 )
 from imgaudit.cli.output import cell, clean, console, out, safe
+
+if TYPE_CHECKING:
+    from imgaudit.services.dedup import IngestSummary
+    from imgaudit.types import Enqueued
 
 
 def ingest(
@@ -36,25 +41,32 @@ def ingest(
 
     Resumable: images already known (same path or URL) are skipped, and unfinished ones are picked up.
     """
-    from imgaudit.bootstrap import dedup_service
-    from imgaudit.sources.files import source_for
+    from imgaudit.bootstrap import dedup_service, open_source
+
+    def run(report: Callable[[int, int], None]) -> IngestSummary:
+        done = todo = 0
+
+        def queued(enqueued: Enqueued, to_process: int) -> None:
+            nonlocal todo
+            todo = to_process
+            if not as_json:
+                console.print(
+                    f"queued {enqueued.added} new, {enqueued.skipped} already known; {todo} to process"
+                )
+                _print_refusals(enqueued.refusals)
+            report(0, todo)
+
+        def step(n: int, _report: object) -> None:
+            nonlocal done
+            done += n
+            report(done, todo)
+
+        return svc.ingest(source, batch_size=batch_size, on_queued=queued, progress=step)
 
     with command_settings(config) as settings:
-        source = source_for(target, settings.fetch.cdn_base, follow_symlinks=settings.sources.follow_symlinks)
+        source = open_source(settings, target)
         with dedup_service(settings) as svc:
-            enqueued = svc.enqueue(source.refs(), source.name)
-            added, known = enqueued
-            todo = svc.queue_depth()
-            if not as_json:
-                console.print(f"queued {added} new, {known} already known; {todo} to process")
-                _print_refusals(enqueued.refusals)
-            summary = with_progress(
-                todo,
-                "ingest",
-                lambda step: svc.process_queue(lambda n, _r: step(n), batch_size=batch_size),
-                as_json,
-            )
-            summary.count_enqueue(enqueued)
+            summary = with_totals_progress("ingest", run, as_json)
         if as_json:
             emit({"event": "ingest", **summary.as_dict()})
             return
@@ -94,13 +106,12 @@ def ingest(
 
 def enqueue(target: TargetArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Add images to the queue without processing them (a running worker picks them up)."""
-    from imgaudit.bootstrap import items_service
-    from imgaudit.sources.files import source_for
+    from imgaudit.bootstrap import items_service, open_source
 
     with command_settings(config) as settings:
-        source = source_for(target, settings.fetch.cdn_base, follow_symlinks=settings.sources.follow_symlinks)
+        source = open_source(settings, target)
         with items_service(settings) as svc:
-            enqueued = svc.enqueue(source.refs(), source.name)
+            enqueued = svc.enqueue_source(source)
         added, known = enqueued
         refusals = dict(enqueued.refusals)
         if as_json:

@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,9 @@ from typing import Any, TextIO
 from imgaudit.config import Settings
 from imgaudit.errors import ConfigError
 from imgaudit.services.runfiles import log_path
+
+# The handlers ``configure_logging`` installed: a later call replaces these and leaves any others alone.
+_INSTALLED: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is worth keeping.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -112,7 +116,7 @@ def configure_logging(settings: Settings, name: str, *, to_stderr: bool, capture
 
     formatter: logging.Formatter = JsonFormatter() if settings.log.json_lines else TextFormatter()
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_imgaudit", False)]:
+    for handler in [h for h in root.handlers if h in _INSTALLED]:
         root.removeHandler(handler)
         handler.close()
 
@@ -124,7 +128,7 @@ def configure_logging(settings: Settings, name: str, *, to_stderr: bool, capture
         handlers.append(logging.StreamHandler(stream))
     for handler in handlers:
         handler.setFormatter(formatter)
-        handler._imgaudit = True  # type: ignore[attr-defined]
+        _INSTALLED.add(handler)
         root.addHandler(handler)
 
     root.setLevel(max(logging.WARNING, level))

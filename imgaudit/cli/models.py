@@ -2,8 +2,8 @@
 ``imgaudit models prepare`` (the one-time model files).
 
 ``cli/main.py`` registers them (``app.command("train")(train_command)``, ``app.add_typer(models_app,
-name="models")``). ``imgaudit.bootstrap``, ``imgaudit.services.training`` and ``imgaudit.services.prepare``
-are imported inside the commands: they load torch, scikit-learn and ONNX Runtime (seconds), which
+name="models")``). ``imgaudit.bootstrap`` (which builds the training and preparation services)
+is imported inside the commands: they load torch, scikit-learn and ONNX Runtime (seconds), which
 ``--help`` and the other groups' commands never need.
 """
 
@@ -114,8 +114,8 @@ def train_command(
 ) -> None:
     """Train a classifier head on DATASET_DIR/<label>/ images; save it as a new version (not active unless
     --promote). Default: a linear head on the shared descriptor (seconds); --finetune: the whole network."""
-    from imgaudit.bootstrap import build_encoder
-    from imgaudit.services.training import TrainOptions, train
+    from imgaudit.bootstrap import build_encoder, train
+    from imgaudit.services.training import TrainOptions
 
     with command_settings(config) as settings:
         encoder = build_encoder(settings)
@@ -247,7 +247,7 @@ def promote_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a saved version the active classifier (refused if workers could not use it)."""
-    from imgaudit.services.training import promote
+    from imgaudit.bootstrap import promote
 
     _switch("promote", promote, config, as_json, ref)
 
@@ -255,7 +255,7 @@ def promote_command(
 @models_app.command("rollback")
 def rollback_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Re-activate the previously active classifier (again: one further back)."""
-    from imgaudit.services.training import rollback
+    from imgaudit.bootstrap import rollback
 
     _switch("rollback", rollback, config, as_json)
 
@@ -265,7 +265,7 @@ def prepare_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Build the one-time model files now: the visual encoder's ONNX export and search's label space.
 
     Minutes the first time, with a progress bar; instant once they exist (it then changes nothing)."""
-    from imgaudit.services.prepare import prepare
+    from imgaudit.bootstrap import prepare
 
     with command_settings(config) as settings:
         with step_progress(as_json) as report:

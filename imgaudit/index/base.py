@@ -1,7 +1,7 @@
 """Index interfaces, what a backend provides, and the brute-force reference implementations.
 
 The reference implementations are the specification: every faster backend must agree with them
-(``tests/test_index_conformance.py``).
+(``tests/conformance/test_index_conformance.py``).
 """
 
 from __future__ import annotations

@@ -469,7 +469,7 @@ class Fetcher:
         """``backoff * 2**attempt``, or the server's Retry-After (capped at MAX_RETRY_AFTER) when longer."""
         delay = self.settings.backoff * 2 ** (state.attempt_number - 1)
         exc = state.outcome.exception() if state.outcome is not None else None
-        retry_after = getattr(exc, "retry_after", None)
+        retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
         if retry_after is not None:
             delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER))
         return delay
@@ -505,10 +505,15 @@ class Fetcher:
         The guard sees the raw URL first (numeric hosts httpx would reject are refused as blocked_address),
         then httpx's normalised form, which is the host the pool connects to.
         """
-        options = {"allow_private": self.settings.allow_private, "allowed_hosts": self.settings.allowed_hosts}
-        precheck(url, **options)
+        allow_private, allowed_hosts = self.settings.allow_private, self.settings.allowed_hosts
+        precheck(url, allow_private=allow_private, allowed_hosts=allowed_hosts)
         request_url = httpx.URL(url)
-        target = await resolve_target(str(request_url), **options, resolver=self._resolver)
+        target = await resolve_target(
+            str(request_url),
+            allow_private=allow_private,
+            allowed_hosts=allowed_hosts,
+            resolver=self._resolver,
+        )
         pin = _Pin(request_url.raw_host.decode("ascii"), tuple(str(ip) for ip in target.addresses))
         return request_url, pin
 
@@ -525,9 +530,9 @@ class Fetcher:
                         current = urljoin(str(request_url), location)  # a string, so the guard sees it first
                         continue
                     if not 200 <= response.status_code < 300:
-                        error = HTTPStatusError(response.status_code)
-                        error.retry_after = parse_retry_after(response.headers.get("retry-after"))  # type: ignore[attr-defined]
-                        raise error
+                        raise HTTPStatusError(
+                            response.status_code, parse_retry_after(response.headers.get("retry-after"))
+                        )
                     return await self._read_body(response, _display(str(request_url)), reservation)
             finally:
                 _PIN.reset(token)

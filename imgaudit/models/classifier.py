@@ -128,9 +128,9 @@ def load_head(vdir: Path, *, encoder_id: str | None, threads: int = 0, batch_siz
     """Load one saved head, refusing (ModelError) what would give wrong answers.
 
     A linear head whose descriptors came from another encoder configuration (another input size,
-    pooling or framing: see ``descriptor_id``) would read a different vector space and return confident
-    nonsense, so it is refused. A fine-tuned head carries its own network and preprocessing, so the
-    running encoder does not matter to it. ``encoder_id=None`` skips the check (inspection only).
+    pooling or framing: see ``VisualEncoder.descriptor``) would read a different vector space and return
+    confident nonsense, so it is refused. A fine-tuned head carries its own network and preprocessing, so
+    the running encoder does not matter to it. ``encoder_id=None`` skips the check (inspection only).
     """
     vdir = Path(vdir)
     meta = read_meta(vdir)

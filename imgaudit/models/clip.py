@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -45,20 +45,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _IDS_NAMES = ("input_ids", "text", "ids", "tokens", "input", "token_ids")
 
 Framing = Literal["crop", "squash"]
-
-
-class ImageTextEncoder(Protocol):
-    """Images and texts into one space (ClipEncoder, RemoteEmbedder): rows L2-normalised float32."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def l2n(x: np.ndarray) -> np.ndarray:

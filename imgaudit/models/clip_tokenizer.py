@@ -133,6 +133,7 @@ class ClipTokenizer:
                     "cannot tell the tokenizer from the files: give vocab.json + merges.txt (CLIP) or "
                     "vocab.txt (Chinese-CLIP), or set the tokenizer kind"
                 )
+        # A kind given by name reaches __init__ as a plain str; __init__ refuses any but a TokenizerKind.
         return cls(kind, vocab=vocab, merges=merges, context_length=context_length)  # type: ignore[arg-type]
 
     def fingerprint(self) -> str:

@@ -22,18 +22,19 @@ EXPORT_VERSION = 1
 VISUAL_MODEL_NAME = f"efficientnet-lite0-v{EXPORT_VERSION}.onnx"
 
 
-def visual_model_path(cache_dir: Path) -> Path:
-    """Where the export lives in a cache directory (``VisualEncoder.from_cache`` reads it there)."""
-    return Path(cache_dir).expanduser() / VISUAL_MODEL_NAME
+class VisualModelFile:
+    """The visual encoder's export in a cache directory (``VisualEncoder.from_cache`` reads it there),
+    derived once by ``imgaudit models prepare`` or on first use."""
 
+    def __init__(self, cache_dir: Path) -> None:
+        self.path = Path(cache_dir).expanduser() / VISUAL_MODEL_NAME
 
-def ensure_visual_model(cache_dir: Path) -> bool:
-    """Export the visual model into ``cache_dir`` unless it is there; True if it was exported now."""
-    path = visual_model_path(cache_dir)
-    if path.is_file():
-        return False
-    export_efficientnet_lite0(path)
-    return True
+    def ensure(self) -> bool:
+        """Export the visual model unless it is there; True if it was exported now."""
+        if self.path.is_file():
+            return False
+        export_efficientnet_lite0(self.path)
+        return True
 
 
 def export_efficientnet_lite0(dest: Path, input_size: int = 224) -> Path:
@@ -49,9 +50,11 @@ def export_efficientnet_lite0(dest: Path, input_size: int = 224) -> Path:
         ) from exc
 
     class _FeaturesAndLogits(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
+        def __init__(self, net: Any) -> None:
             super().__init__()
-            self.net = net
+            # The library's EfficientNet, untyped: as a plain Module its extract_features and _fc would
+            # type as Tensor | Module.
+            self.net: Any = net
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             features = self.net.extract_features(x)

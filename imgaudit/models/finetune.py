@@ -19,23 +19,21 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from imgaudit.cpus import cpu_count
 from imgaudit.errors import ModelError
 from imgaudit.models.export import export_onnx
+from imgaudit.models.ports import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FinetuneReport
 from imgaudit.models.visual import DESCRIPTOR_DIM, INPUT_MEAN, INPUT_STD
 
-DEFAULT_EPOCHS = 5
-DEFAULT_BATCH_SIZE = 32
 # Backbone rate; the new layer gets HEAD_LR_FACTOR times it. On the dev photos (bench/classifier.py) 0.005
 # did not converge in 2 epochs; 0.001 reached a lower Brier score than the linear head in 5.
 DEFAULT_LR = 0.001
@@ -46,13 +44,6 @@ LR_DECAY = 0.1
 LR_DECAY_AT = 0.6  # fraction of the epochs after which the rate is decayed
 CROP_SCALE = (0.25, 1.0)  # milder than ImageNet's 0.08: a few epochs on small sets
 CROP_RATIO = (3 / 4, 4 / 3)
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def keep_side(input_size: int) -> int:
@@ -96,14 +87,6 @@ def augment(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarra
     if rng.random() < 0.5:
         view = view[:, ::-1]
     return ((view.astype(np.float32) - INPUT_MEAN) / INPUT_STD).transpose(2, 0, 1)
-
-
-@dataclass
-class FinetuneReport:
-    seconds: float
-    export_seconds: float
-    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
-    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def _build_net(n_classes: int) -> Any:

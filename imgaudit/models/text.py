@@ -14,7 +14,7 @@ import threading
 import unicodedata
 from collections.abc import Sequence
 from functools import cache
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -22,27 +22,6 @@ from imgaudit.errors import ModelError
 
 E5_DIM = 384
 E5_BATCH = 64  # texts per engine call: large enough to amortise the call, small enough to bound memory
-
-
-@runtime_checkable
-class TextEncoder(Protocol):
-    """Embeds text into a shared space; every row is L2-normalised, so a dot product is a cosine."""
-
-    @property
-    def name(self) -> str:
-        """Identifies the space (model + version); caches of embeddings are keyed by it."""
-        ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def queries(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, dim) float32 embeddings of search queries."""
-        ...
-
-    def passages(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, dim) float32 embeddings of texts that describe stored items."""
-        ...
 
 
 @cache

@@ -11,13 +11,13 @@ The ImageNet logits come out of the same call, for labels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
 
 import cv2
 import numpy as np
 
+from imgaudit.models.ports import VisualOutput
 from imgaudit.models.session import ModelSession, OrtSession
 
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128 (TF-Lite convention): checked on
@@ -26,12 +26,6 @@ INPUT_MEAN = 127.0
 INPUT_STD = 128.0
 GEM_P = 3.0
 DESCRIPTOR_DIM = 1280
-
-
-@dataclass(frozen=True, slots=True)
-class VisualOutput:
-    descriptors: np.ndarray  # (n, DESCRIPTOR_DIM) float32, L2-normalised
-    probabilities: np.ndarray  # (n, 1000) float32 ImageNet class probabilities
 
 
 def gem(features: np.ndarray, p: float = GEM_P, eps: float = 1e-6) -> np.ndarray:
@@ -90,6 +84,12 @@ class VisualEncoder:
             export_efficientnet_lite0(path)
         return cls(OrtSession(path, threads=threads), **options)
 
+    @property
+    def descriptor(self) -> str:
+        """Names the descriptor space; indexes built for another space are rebuilt, never mixed."""
+        flip = "flip" if self.flip_invariant else "noflip"
+        return f"efficientnet-lite0/{self.pooling}/{flip}/{self.framing}/{self.input_size}/v1"
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Whole image squashed to the input square (crops would hide the borders where copies differ
         least often, but also drop content; measured: whole image wins on crops and framing)."""
@@ -130,9 +130,3 @@ class VisualEncoder:
         if not descs:
             return VisualOutput(np.zeros((0, DESCRIPTOR_DIM), np.float32), np.zeros((0, 1000), np.float32))
         return VisualOutput(np.concatenate(descs), np.concatenate(probs))
-
-
-def descriptor_id(encoder: VisualEncoder) -> str:
-    """Names the descriptor space; indexes built for another space are rebuilt, never mixed."""
-    flip = "flip" if encoder.flip_invariant else "noflip"
-    return f"efficientnet-lite0/{encoder.pooling}/{flip}/{encoder.framing}/{encoder.input_size}/v1"

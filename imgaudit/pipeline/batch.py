@@ -31,8 +31,7 @@ from imgaudit.errors import ImgauditError, InternalError, MediaError, OverBudget
 from imgaudit.index.replica import DedupReplica
 from imgaudit.media.fetch import ByteBudget, Fetcher, read_local
 from imgaudit.media.sandbox import DecodePool
-from imgaudit.models.clip import ImageTextEncoder
-from imgaudit.models.visual import VisualEncoder
+from imgaudit.models.ports import ImageEncoder, ImageTextEncoder
 from imgaudit.pipeline.moderation import Moderated, Moderator, Subject
 from imgaudit.policy.cascade import Lookups, decide
 from imgaudit.signals import local_features
@@ -133,6 +132,25 @@ def _fail(a: Analysed, error: ImgauditError) -> None:
     a.error, a.decoded, a.signals = error, None, None
 
 
+# Past its signals step an image has its decode and signals, and past the encoder its probabilities: only
+# such images reach the encoder, moderation and verification.
+
+
+def _signals(a: Analysed) -> DedupSignals:
+    assert a.signals is not None
+    return a.signals
+
+
+def _pixels(a: Analysed) -> np.ndarray:
+    assert a.decoded is not None
+    return a.decoded.pixels
+
+
+def _subject(a: Analysed) -> Subject:
+    assert a.decoded is not None and a.signals is not None and a.probabilities is not None
+    return Subject(a.decoded, a.data or b"", a.signals.embedding, a.probabilities)
+
+
 def _crop(a: Analysed) -> np.ndarray:
     assert a.decoded is not None and a.signals is not None and a.signals.inner_box is not None
     x0, y0, x1, y1 = a.signals.inner_box
@@ -148,7 +166,7 @@ class Pipeline:
         settings: Settings,
         store: Store,
         indexes: DedupReplica,
-        encoder: VisualEncoder,
+        encoder: ImageEncoder,
         thumbs: ThumbStore,
         moderator: Moderator | None = None,
         image_text: ImageTextEncoder | None = None,
@@ -292,8 +310,8 @@ class Pipeline:
 
     def _embed(self, ok: list[Analysed]) -> None:
         """One encoder call for these images: every image, then the framed photos' insides."""
-        framed = [a for a in ok if a.signals.inner_box is not None]  # type: ignore[union-attr]
-        views = [a.decoded.pixels for a in ok] + [_crop(a) for a in framed]  # type: ignore[union-attr]
+        framed = [a for a in ok if _signals(a).inner_box is not None]
+        views = [_pixels(a) for a in ok] + [_crop(a) for a in framed]
         out = self.encoder.encode(views)
         inner = dict(zip(map(id, framed), out.descriptors[len(ok) :], strict=True))
         for a, emb, probs in zip(ok, out.descriptors[: len(ok)], out.probabilities, strict=False):
@@ -330,10 +348,7 @@ class Pipeline:
             timings["caption"] += time.perf_counter() - t
 
     def _moderate(self, ok: list[Analysed], timings: dict[str, float]) -> None:
-        subjects = [
-            Subject(a.decoded, a.data or b"", a.signals.embedding, a.probabilities)  # type: ignore[arg-type, union-attr]
-            for a in ok
-        ]
+        subjects = [_subject(a) for a in ok]
         assert self.moderator is not None
         try:
             results = self.moderator.run(subjects, timings)
@@ -433,7 +448,7 @@ class Pipeline:
         if len(ok) < 2:
             return
         cfg = self.settings.dedup
-        emb = np.stack([a.signals.embedding for _, a in ok])  # type: ignore[union-attr]
+        emb = np.stack([_signals(a).embedding for _, a in ok])
         sims = emb @ emb.T
         for j in range(1, len(ok)):
             earlier = sims[j, :j]

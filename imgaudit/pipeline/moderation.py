@@ -20,15 +20,13 @@ import numpy as np
 from imgaudit.config import Settings
 from imgaudit.errors import ImgauditError, MediaError
 from imgaudit.media.sandbox import DecodePool
-from imgaudit.models.classifier import ClassifierHub
-from imgaudit.models.nsfw import NsfwScorer
-from imgaudit.models.ocr import OcrEngine
+from imgaudit.models.ports import ClassifierSet, NsfwModel, OcrReader
 from imgaudit.policy.moderation import decide
 from imgaudit.rules.matcher import TextRules
 from imgaudit.signals import codes as code_reader
 from imgaudit.signals import quality
 from imgaudit.signals.labels import top_labels
-from imgaudit.types import Decoded, ModerationSignals, ModerationVerdict
+from imgaudit.types import Code, Decoded, ModerationSignals, ModerationVerdict, OcrLine, Quality
 
 log = logging.getLogger("imgaudit.moderation")
 
@@ -47,6 +45,18 @@ class Subject:
     probabilities: np.ndarray
 
 
+@dataclass(slots=True)
+class _Found:
+    """One image's signals as the stage computes them (None: not computed)."""
+
+    quality: Quality | None = None
+    skin: float | None = None
+    codes: tuple[Code, ...] | None = None
+    nsfw: float | None = None
+    text_found: bool | None = None
+    ocr: tuple[OcrLine, ...] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Moderated:
     signals: ModerationSignals
@@ -60,10 +70,10 @@ class Moderator:
         self,
         settings: Settings,
         *,
-        ocr: OcrEngine | None,
-        nsfw: NsfwScorer | None,
+        ocr: OcrReader | None,
+        nsfw: NsfwModel | None,
         rules: TextRules,
-        classifiers: ClassifierHub | None,
+        classifiers: ClassifierSet | None,
         pool: ThreadPoolExecutor,
         decoder: DecodePool,
     ) -> None:
@@ -92,18 +102,18 @@ class Moderator:
         if n == 0:
             return []
         cfg = self.cfg
-        found: list[dict[str, object]] = [{} for _ in subjects]
+        found = [_Found() for _ in subjects]
 
         def cheap(i: int) -> None:
             s = subjects[i]
             d = s.decoded
             scale = d.width / d.pixels.shape[1]
             if cfg.quality:
-                found[i]["quality"] = quality.measure(d.pixels, d.width, d.height)
+                found[i].quality = quality.measure(d.pixels, d.width, d.height)
             if self.nsfw is not None:
-                found[i]["skin"] = quality.skin_fraction(d.pixels)
+                found[i].skin = quality.skin_fraction(d.pixels)
             if cfg.qr:
-                found[i]["codes"] = code_reader.read_codes(
+                found[i].codes = code_reader.read_codes(
                     d.pixels, barcodes=cfg.barcodes, scale=scale, larger=lambda: self._larger(s)
                 )
 
@@ -115,9 +125,11 @@ class Moderator:
         try:
             if self.nsfw is not None:
                 t = time.perf_counter()
-                skinny = [i for i in range(n) if found[i]["skin"] >= cfg.nsfw_min_skin]  # type: ignore[operator]
+                skinny = [
+                    i for i, f in enumerate(found) if f.skin is not None and f.skin >= cfg.nsfw_min_skin
+                ]
                 for i, score in zip(skinny, self.nsfw.score([pixels[i] for i in skinny]), strict=True):
-                    found[i]["nsfw"] = round(score, 4)
+                    found[i].nsfw = round(score, 4)
                 _took(timings, "nsfw", t)
             if self.ocr is not None:
                 self._ocr(subjects, found, timings)
@@ -132,23 +144,21 @@ class Moderator:
             return [exc] * n
 
         out: list[Moderated | ImgauditError] = []
-        for i, s in enumerate(subjects):
+        for i, (s, f) in enumerate(zip(subjects, found, strict=True)):
             signals = ModerationSignals(
-                ocr=found[i].get("ocr"),  # type: ignore[arg-type]
-                text_found=found[i].get("text_found"),  # type: ignore[arg-type]
-                codes=found[i].get("codes"),  # type: ignore[arg-type]
-                nsfw=found[i].get("nsfw"),  # type: ignore[arg-type]
-                skin=found[i].get("skin"),  # type: ignore[arg-type]
-                quality=found[i].get("quality"),  # type: ignore[arg-type]
+                ocr=f.ocr,
+                text_found=f.text_found,
+                codes=f.codes,
+                nsfw=f.nsfw,
+                skin=f.skin,
+                quality=f.quality,
                 labels=top_labels(s.probabilities),
                 classes=heads[i] if heads is not None else None,
             )
             out.append(Moderated(signals, decide(signals, self.rules, cfg)))
         return out
 
-    def _ocr(
-        self, subjects: Sequence[Subject], found: list[dict[str, object]], timings: dict[str, float]
-    ) -> None:
+    def _ocr(self, subjects: Sequence[Subject], found: list[_Found], timings: dict[str, float]) -> None:
         assert self.ocr is not None
         t = time.perf_counter()
         boxes = self.ocr.detect([s.decoded.pixels for s in subjects], self.cfg.ocr_det_side)
@@ -156,8 +166,8 @@ class Moderator:
         t = time.perf_counter()
         texty = [i for i, b in enumerate(boxes) if len(b)]
         for i, b in enumerate(boxes):
-            found[i]["text_found"] = bool(len(b))
-            found[i]["ocr"] = ()
+            found[i].text_found = bool(len(b))
+            found[i].ocr = ()
         if texty:
             # Read where the detector looked, on a larger decode: small print needs the pixels.
             larger = list(self.pool.map(lambda i: self._larger(subjects[i]), texty))
@@ -167,8 +177,8 @@ class Moderator:
             ]
             lines = self.ocr.recognise([p for p, _ in larger], big_boxes, [f for _, f in larger])
             for i, ls, (big, factor) in zip(texty, lines, larger, strict=True):
-                found[i]["ocr"] = tuple(ls)
-                if self.cfg.qr and not found[i].get("codes") and big is not subjects[i].decoded.pixels:
+                found[i].ocr = tuple(ls)
+                if self.cfg.qr and not found[i].codes and big is not subjects[i].decoded.pixels:
                     # A small code beside the text may only be readable on the larger decode.
-                    found[i]["codes"] = code_reader.read_codes(big, barcodes=self.cfg.barcodes, scale=factor)
+                    found[i].codes = code_reader.read_codes(big, barcodes=self.cfg.barcodes, scale=factor)
         _took(timings, "ocr_read", t)

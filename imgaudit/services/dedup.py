@@ -18,6 +18,7 @@ from imgaudit.errors import InternalError
 from imgaudit.index.replica import DedupReplica
 from imgaudit.pipeline import BatchReport, Pipeline
 from imgaudit.services.stats import queue_depth
+from imgaudit.sources.files import Source
 from imgaudit.store.outages import is_store_failure
 from imgaudit.store.ports import Store
 from imgaudit.store.thumbs import ThumbStore
@@ -168,6 +169,24 @@ class DedupService:
         """``(added, skipped)``, and ``.refusals``: entries recorded as failed at once, by reason."""
         return self.store.enqueue(refs, source)
 
+    def ingest(
+        self,
+        source: Source,
+        *,
+        batch_size: int = INGEST_BATCH,
+        on_queued: Callable[[Enqueued, int], None] | None = None,
+        progress: Progress | None = None,
+    ) -> IngestSummary:
+        """Queue everything ``source`` holds (a folder, an image file, a list of URLs), then process the
+        queue. ``on_queued(enqueued, to_process)`` is called in between, so a caller can say what was
+        queued and size its progress display before the long part starts."""
+        enqueued = self.enqueue(source.refs(), source.name)
+        if on_queued is not None:
+            on_queued(enqueued, self.queue_depth())
+        summary = self.process_queue(progress, batch_size=batch_size)
+        summary.count_enqueue(enqueued)
+        return summary
+
     def queue_depth(self) -> int:
         """Items still to process (queued, claimed, or waiting to be retried)."""
         return queue_depth(self.store.counts()["status"])
@@ -301,6 +320,10 @@ class DedupService:
         hits = self.pipeline.similar(ref, k)
         records = self.store.get_many([i for i, _ in hits])
         return [(records[i], s) for i, s in hits if i in records]
+
+    def duplicate_pairs(self, limit: int | None = None) -> list[tuple[ItemRecord, ItemRecord]]:
+        """(duplicate, original) records of the images judged copies, for reports."""
+        return self.store.duplicate_pairs(limit)
 
     def reset(self) -> None:
         self.store.reset()

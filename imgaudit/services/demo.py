@@ -32,7 +32,7 @@ def run_demo(
         enqueued, _ = svc.enqueue(FolderSource(sample_dir).refs(), "folder")
         summary = svc.process_queue((lambda n, _r: step(n)) if step else None)
         summary.enqueued = enqueued
-        pairs = svc.store.duplicate_pairs()
+        pairs = svc.duplicate_pairs()
     found = {Path(d.uri).name: Path(o.uri).name for d, o in pairs}
     expected = {k: v for k, v in answers.items() if v not in (None, "failure")}
     tp = sum(1 for k, v in found.items() if expected.get(k) == v)

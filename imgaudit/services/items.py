@@ -9,6 +9,7 @@ from itertools import chain
 from typing import Protocol
 
 from imgaudit.errors import NotFound
+from imgaudit.sources.files import Source
 from imgaudit.store.ports import ItemStore, QueueStore
 from imgaudit.types import Enqueued, ImageRef, ItemRecord
 
@@ -61,6 +62,10 @@ class ItemsService:
     def enqueue(self, refs: Iterable[ImageRef], source: str) -> Enqueued:
         """Queue new images for the worker; ``(added, skipped)`` and the entries refused at once."""
         return self._store.enqueue(refs, source)
+
+    def enqueue_source(self, source: Source) -> Enqueued:
+        """Queue everything a folder, an image file or a list of URLs holds."""
+        return self.enqueue(source.refs(), source.name)
 
     def find(self, key: str, *, also: Iterable[str] = ()) -> ItemRecord:
         """The item with id, external key, path or URL ``key``, else the first of ``also`` (other spellings

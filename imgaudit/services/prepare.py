@@ -3,7 +3,7 @@
 Two files are derived from what the wheels ship, both in ``cache_dir``: the visual encoder's ONNX export
 (seconds, needs torch) and search's label space (several thousand label prompts embedded with the text
 model: a minute on an idle machine, several on a busy one). Each step is skipped when its file is there,
-so running this again is quick and changes nothing.
+so running this again is quick and changes nothing. ``imgaudit.bootstrap.prepare`` hands in both.
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from imgaudit.config import Settings
 from imgaudit.label_space import LabelSpace
-from imgaudit.models.export import ensure_visual_model, visual_model_path
-from imgaudit.models.text import E5TextEncoder, TextEncoder
+from imgaudit.models.ports import DerivedModel
 from imgaudit.services.search import build_label_space
 
 # (step, done, total), only for steps that do work: "visual_model" reports 0 of 1 then 1 of 1,
 # "label_space" the texts embedded so far.
 Progress = Callable[[str, int, int], None]
-STEPS = ("visual_model", "label_space")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,31 +32,24 @@ class Prepared:
         return asdict(self)
 
 
-def label_space(settings: Settings, text: TextEncoder | None = None) -> LabelSpace:
-    """The label space search uses: the same encoder and cache as ``bootstrap.search_service`` (a test
-    holds the two to the same cache file)."""
-    return LabelSpace(text or E5TextEncoder(threads=settings.models.threads), settings.cache_dir)
-
-
-def prepare(
-    settings: Settings, progress: Progress | None = None, text: TextEncoder | None = None
+def prepare_models(
+    visual_model: DerivedModel, labels: LabelSpace, progress: Progress | None = None
 ) -> list[Prepared]:
     """Derive whatever is missing; one result per step, in order."""
     report = progress or (lambda _step, _done, _total: None)
     done: list[Prepared] = []
 
     start = time.perf_counter()
-    model = visual_model_path(settings.cache_dir)
+    model = visual_model.path
     if not model.is_file():
         report("visual_model", 0, 1)  # one opaque call: the bar shows it started, then that it ended
-    if ensure_visual_model(settings.cache_dir):
+    if visual_model.ensure():
         report("visual_model", 1, 1)
         done.append(Prepared("visual_model", str(model), True, _since(start)))
     else:
         done.append(Prepared("visual_model", str(model), False, _since(start)))
 
     start = time.perf_counter()
-    labels = label_space(settings, text)
     path = labels.cache_path()
     built = build_label_space(labels, lambda n, total: report("label_space", n, total))
     done.append(Prepared("label_space", str(path) if path else "", built, _since(start)))

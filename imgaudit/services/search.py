@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from imgaudit.config import Settings
-from imgaudit.errors import InvalidRequest, MediaError
+from imgaudit.errors import ConfigError, InvalidRequest, MediaError
 from imgaudit.index.text_base import TextFilters
 from imgaudit.label_space import LabelSpace, TextSpace
 from imgaudit.policy.fusion import paginate, rrf
@@ -167,6 +167,13 @@ class SearchService:
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Index the whole store again, from empty indexes."""
         return self.indexes.rebuild(progress)
+
+    def rebuild_all(self, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """``imgaudit index rebuild``: the dedup indexes, then the search indexes, from the store;
+        ``(indexed, searchable)``."""
+        if self.dedup is None:
+            raise ConfigError("rebuilding needs the dedup service (built by bootstrap.search_service)")
+        return self.dedup.rebuild_index(), self.rebuild(progress)
 
     # -- queries -------------------------------------------------------------------------------------
 

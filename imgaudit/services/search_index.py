@@ -28,8 +28,7 @@ from imgaudit.index.base import IndexBackend, VectorIndex
 from imgaudit.index.text_analysis import ANALYZER_VERSION
 from imgaudit.index.text_base import TextDoc, TextIndex
 from imgaudit.label_space import LabelSpace
-from imgaudit.models.clip import ImageTextEncoder
-from imgaudit.models.text import TextEncoder
+from imgaudit.models.ports import ImageTextEncoder, TextEncoder
 from imgaudit.signals.colour import attribute_text
 from imgaudit.signals.labels import class_names
 from imgaudit.store.encoding import unpack_embedding
@@ -226,6 +225,7 @@ def tags_of(rec: ItemRecord) -> str:
             c = names[int(idx)]
             parts.append(f"{c.english}, {c.chinese}")
     sig = rec.moderation_signals or {}
+    # Stored as JSON rows [english, chinese, share]: the record types them as objects.
     colours = [(str(c[0]), str(c[1]), float(c[2])) for c in rec.colours or []]  # type: ignore[arg-type]
     codes = sig.get("codes") or []
     has_qr = isinstance(codes, list) and any(c.get("format") in ("QRCode", "MicroQRCode") for c in codes)

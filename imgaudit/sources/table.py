@@ -6,10 +6,10 @@ back into configured columns in one transaction per batch. Everything the operat
 is checked against the reflected table on first use and quoted by SQLAlchemy, so a typo is a ConfigError,
 never a broken or injected statement; ``select_where`` is the one trusted SQL fragment.
 
-Every error the database or its driver raises on the way (connection refused or lost, a server error, a
-statement refused) becomes ``ExternalUnavailable``: the worker carries on with what is already queued and
-tries again at its next step, and verdicts not yet written stay pending in the store meanwhile. Nothing
-above this module sees SQLAlchemy's exceptions.
+Every error the database or its driver reports on the way (connection refused or lost, a server error, a
+statement refused, an exhausted pool) becomes ``ExternalUnavailable``: the worker carries on with what is
+already queued and tries again at its next step, and verdicts not yet written stay pending in the store
+meanwhile. SQLAlchemy's own usage errors are bugs and pass unchanged.
 """
 
 from __future__ import annotations
@@ -42,7 +42,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchTableError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    NoSuchTableError,
+    PendingRollbackError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from imgaudit.config import ExternalTableSettings
 from imgaudit.errors import ConfigError, ExternalUnavailable, MediaError
@@ -139,6 +146,8 @@ class ExternalTable:
             yield
         except DBAPIError as exc:
             raise ExternalUnavailable(f"{self.name}: {type(exc.orig).__name__}: {exc.orig}") from exc
+        except (PoolTimeout, PendingRollbackError) as exc:
+            raise ExternalUnavailable(f"{self.name}: {exc}") from exc
 
     def _poll(self, after_key: str | None, limit: int) -> list[ImageRef]:
         """Up to ``limit`` waiting rows with a key above ``after_key``, in key order.

@@ -1,7 +1,7 @@
 """The store under test: each conformance test runs once per implementation of ``Store``.
 
 The in-memory twin and SQLite always; PostgreSQL when a server is configured (``IMGAUDIT_TEST_PG_URL``,
-see tests/dbs.py), a fresh database per test. ``SqlStore`` is the reference: a test states what it
+see tests/support/dbs.py), a fresh database per test. ``SqlStore`` is the reference: a test states what it
 observes, and the memory store must answer the same.
 """
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pyrate_limiter import Limiter, Rate, SingleBucketFactory, StateBucket, TokenBucket
 
+from imgaudit.errors import ModelError
+
 _UNITS = 1000
 """Requests are counted in thousandths per rate window so any float rate maps to whole milliseconds with
 microsecond precision (pyrate-limiter rates are integers per integer milliseconds)."""
@@ -17,7 +19,8 @@ microsecond precision (pyrate-limiter rates are integers per integer millisecond
 class RateLimit:
     """``rate`` requests per second on average, up to ``burst`` at once; ``rate`` 0 means unlimited.
 
-    Thread-safe: concurrent callers are spaced ``1 / rate`` seconds apart once the burst is spent.
+    Thread-safe: once the burst is spent, concurrent callers go about ``1 / rate`` seconds apart (waiting
+    callers are not served strictly in arrival order).
     """
 
     def __init__(self, rate: float, burst: int = 1) -> None:
@@ -32,8 +35,10 @@ class RateLimit:
 
     def acquire(self) -> None:
         """Block until the next request may go."""
-        if self._limiter is not None:
-            self._limiter.try_acquire("requests")
+        if self._limiter is not None and not self._limiter.try_acquire("requests"):
+            # Blocking without a timeout returns only once a slot is taken; False would mean a request
+            # heavier than the bucket, which would otherwise go out unthrottled.
+            raise ModelError("the client-side rate limiter refused a request")
 
     def close(self) -> None:
         if self._limiter is not None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from imgaudit.config import Settings
+from imgaudit.cpus import cpu_count
 from imgaudit.errors import DatasetError, ImgauditError, MediaError, TooLarge
 from imgaudit.media.decode import decode
-from imgaudit.models.finetune import cpu_count
 from imgaudit.types import Decoded
 
 MIN_PER_CLASS = 5  # fewer cannot give a held-out example and a cross-validated C for every class

@@ -22,7 +22,6 @@ from typing import Any
 from imgaudit.config import Settings
 from imgaudit.errors import ImgauditError, ModelError, RegistryError
 from imgaudit.fsio import atomic_write_text
-from imgaudit.models.classifier import Head, load_head
 from imgaudit.models.classifier_registry import (
     ACTIVE_FILE,
     META_FILE,
@@ -34,7 +33,7 @@ from imgaudit.models.classifier_registry import (
     version_dir,
     versions,
 )
-from imgaudit.models.visual import VisualEncoder, descriptor_id
+from imgaudit.models.ports import ClassifierHead, HeadModels, ImageEncoder
 
 log = logging.getLogger("imgaudit.training")
 
@@ -135,14 +134,12 @@ def _resolve(root: Path, ref: str) -> str:
     return model_ref(name, version)
 
 
-def _check_loads(root: Path, ref: str, encoder: VisualEncoder | None, settings: Settings) -> Head:
+def _check_loads(root: Path, ref: str, encoder: ImageEncoder | None, heads: HeadModels) -> ClassifierHead:
     """Load the head as a worker would, so a promotion that workers would refuse is refused here."""
     name, version = parse_ref(ref)
     assert version is not None
-    return load_head(
-        version_dir(root, name, version),
-        encoder_id=None if encoder is None else descriptor_id(encoder),
-        threads=settings.models.threads,
+    return heads.load(
+        version_dir(root, name, version), encoder_id=None if encoder is None else encoder.descriptor
     )
 
 
@@ -150,13 +147,15 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def promote(settings: Settings, ref: str, encoder: VisualEncoder | None = None) -> dict[str, Any]:
+def promote(
+    settings: Settings, ref: str, encoder: ImageEncoder | None = None, *, heads: HeadModels
+) -> dict[str, Any]:
     """Make ``NAME[@vN]`` (default: the latest version) the active head; running workers pick it up
     within ``moderation.reload_every`` seconds. Refused if the head would be refused by the workers."""
     root = classifiers_dir(settings)
     with _registry_lock(root):
         target = _resolve(root, ref)
-        _check_loads(root, target, encoder, settings)
+        _check_loads(root, target, encoder, heads)
         state = read_active(root)
         previous = state.get("active")
         if previous == target:
@@ -168,7 +167,7 @@ def promote(settings: Settings, ref: str, encoder: VisualEncoder | None = None) 
     return {"active": target, "previous": previous, "changed": True}
 
 
-def rollback(settings: Settings, encoder: VisualEncoder | None = None) -> dict[str, Any]:
+def rollback(settings: Settings, encoder: ImageEncoder | None = None, *, heads: HeadModels) -> dict[str, Any]:
     """Re-activate the previously active head (the activation history is a stack: each rollback goes one
     further back)."""
     root = classifiers_dir(settings)
@@ -183,7 +182,7 @@ def rollback(settings: Settings, encoder: VisualEncoder | None = None) -> dict[s
         target = history[-1]["model"]
         try:
             _resolve(root, target)
-            _check_loads(root, target, encoder, settings)
+            _check_loads(root, target, encoder, heads)
         except ImgauditError as exc:
             raise RegistryError(f"cannot roll back to {target}: {exc.message}") from exc
         history[-1] = {"model": target, "at": _now(), "action": "rollback"}

@@ -8,9 +8,9 @@ Platt scaling fitted on out-of-fold scores came out with slopes 0.9-1.2 and chan
 0.0001, so calibration is checked (Brier, ECE and reliability bins in the metrics) rather than fitted.
 
 The fine-tuned head (``finetune=True``): the whole EfficientNet-Lite0 trained on the training part
-(``imgaudit.models.finetune``), exported to ONNX and evaluated from that file on the same held-out split
-with the same metrics. It is *not* refit on all images (that would double a training measured in minutes):
-the saved model is the evaluated one.
+(``imgaudit.models.finetune``, through ``heads``), exported to ONNX and evaluated from that file on the
+same held-out split with the same metrics. It is *not* refit on all images (that would double a training
+measured in minutes): the saved model is the evaluated one.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ import numpy as np
 from imgaudit import __version__
 from imgaudit.config import Settings
 from imgaudit.errors import DatasetError
-from imgaudit.models import finetune as ft
-from imgaudit.models.classifier import LinearHead, load_head
 from imgaudit.models.classifier_registry import (
     FORMAT_VERSION,
     HEAD_FILE,
@@ -39,7 +37,7 @@ from imgaudit.models.classifier_registry import (
     check_name,
     model_ref,
 )
-from imgaudit.models.visual import VisualEncoder, descriptor_id
+from imgaudit.models.ports import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, HeadModels, ImageEncoder
 from imgaudit.services.training.dataset import (
     MIN_PER_CLASS,
     Dataset,
@@ -64,8 +62,8 @@ class TrainOptions:
     seed: int = 0
     promote: bool = False
     finetune: bool = False
-    epochs: int = ft.DEFAULT_EPOCHS
-    batch_size: int = ft.DEFAULT_BATCH_SIZE
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
     min_per_class: int = MIN_PER_CLASS
 
 
@@ -100,12 +98,15 @@ class TrainResult:
 def train(
     settings: Settings,
     dataset_dir: Path,
-    encoder: VisualEncoder,
+    encoder: ImageEncoder,
     options: TrainOptions | None = None,
     progress: Progress | None = None,
+    *,
+    heads: HeadModels,
 ) -> TrainResult:
     """Train, evaluate on the held-out split, save as the next version of ``options.name`` (and promote it
-    when asked). See the module docstring for what is saved and why."""
+    when asked). See the module docstring for what is saved and why; ``heads`` builds and loads the heads
+    (``imgaudit.bootstrap.train`` hands in the local ones)."""
     opts = options or TrainOptions()
     check_name(opts.name)
     if opts.epochs < 1 or opts.batch_size < 1:
@@ -119,12 +120,12 @@ def train(
     staging = staging_dir(root, opts.name)
     try:
         trainer = _train_finetuned if opts.finetune else _train_linear
-        meta, loaded = trainer(settings, dataset, encoder, opts, index, staging, seconds, progress)
+        meta, loaded = trainer(settings, dataset, encoder, heads, opts, index, staging, seconds, progress)
         meta.update(
             format=FORMAT_VERSION,
             name=opts.name,
             classes=classes,
-            encoder=descriptor_id(encoder),
+            encoder=encoder.descriptor,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             imgaudit_version=__version__,
             seconds={k: round(v, 3) for k, v in seconds.items()},
@@ -136,7 +137,7 @@ def train(
     ref = model_ref(opts.name, version)
     promoted = False
     if opts.promote:
-        promote(settings, ref, encoder)
+        promote(settings, ref, encoder, heads=heads)
         promoted = True
     return TrainResult(ref, path, meta, dict(loaded.skipped), loaded.examples, dataset.outside, promoted)
 
@@ -163,7 +164,8 @@ def _dataset_meta(
 def _train_linear(
     settings: Settings,
     dataset: Dataset,
-    encoder: VisualEncoder,
+    encoder: ImageEncoder,
+    heads: HeadModels,
     opts: TrainOptions,
     index: dict[str, int],
     staging: Path,
@@ -191,7 +193,7 @@ def _train_linear(
     fit = fit_linear(x[train], y[train], len(dataset.classes), seed=opts.seed)
     seconds["fit_cv"] = time.perf_counter() - t
     meta_stub = {"name": opts.name, "version": 0, "kind": "linear", "classes": dataset.classes}
-    probs = LinearHead(meta_stub, fit.weights, fit.bias).probabilities(x[test], [])
+    probs = heads.linear(meta_stub, fit.weights, fit.bias).probabilities(x[test], [])
     metrics = evaluate(y[test], probs, dataset.classes, positive)
     t2 = time.perf_counter()
     final = fit_linear(x, y, len(dataset.classes), seed=opts.seed, c=fit.c)
@@ -226,7 +228,8 @@ def _train_linear(
 def _train_finetuned(
     settings: Settings,
     dataset: Dataset,
-    encoder: VisualEncoder,
+    encoder: ImageEncoder,
+    heads: HeadModels,
     opts: TrainOptions,
     index: dict[str, int],
     staging: Path,
@@ -240,7 +243,7 @@ def _train_finetuned(
     loaded = load_dataset(
         dataset,
         settings,
-        lambda pixels: images.extend(ft.shrink_for_training(p, size) for p in pixels),
+        lambda pixels: images.extend(heads.training_image(p, size) for p in pixels),
         batch_size=encoder.batch_size,
         phase="decode",
         progress=progress,
@@ -254,7 +257,7 @@ def _train_finetuned(
     total = opts.epochs * len(train)
     if progress is not None:
         progress("finetune", 0, total)
-    report = ft.finetune_and_export(
+    report = heads.finetune(
         [images[i] for i in train],
         y[train],
         len(dataset.classes),
@@ -264,7 +267,6 @@ def _train_finetuned(
         batch_size=opts.batch_size,
         class_weights=class_weights(y[train], len(dataset.classes)),
         seed=opts.seed,
-        threads=settings.models.threads,
         progress=None if progress is None else (lambda n: progress("finetune", n, total)),
     )
     seconds["finetune"] = report.seconds
@@ -279,7 +281,7 @@ def _train_finetuned(
         "parameters": {"input_size": size},
     }
     write_json(staging / META_FILE, stub)
-    head = load_head(staging, encoder_id=None, threads=settings.models.threads)
+    head = heads.load(staging, encoder_id=None)
     probs = head.probabilities(None, [images[i] for i in test])
     seconds["evaluate"] = time.perf_counter() - t
     metrics = evaluate(y[test], probs, dataset.classes, positive)

@@ -143,7 +143,7 @@ def test_workers_survive_a_database_restart(tmp_path: Path, database_url: str) -
             "a database server restart needs the PostgreSQL backend (IMGAUDIT_TEST_BACKEND=postgresql)"
         )
     restarts = []
-    script = Path(__file__).resolve().parents[1] / "scripts" / "dbs.sh"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "dbs.sh"
 
     def restart_db(procs, done, restart) -> None:
         if not restarts and done > 150:

@@ -1,7 +1,7 @@
 """Classifier heads: dataset scanning, split, metrics, versioned save, registry, hot reload, CLI.
 
-Unit tests run the fake visual session on small generated pictures; two ``model`` tests use the real
-bundled network (a linear head, and a one-epoch fine-tune exported to ONNX).
+They run the fake visual session on small generated pictures (tests/support/training_pictures.py); the
+real bundled network is in tests/models/test_real_classifier.py.
 """
 
 from __future__ import annotations
@@ -15,67 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from PIL import Image, ImageDraw
+from training_pictures import make_dataset, picture
 from typer.testing import CliRunner
 
-from imgaudit.config import Settings, load_settings
+from imgaudit import bootstrap
+from imgaudit.config import Settings
 from imgaudit.errors import DatasetError, ModelError, RegistryError
-from imgaudit.models.classifier import ClassifierHub, FinetunedHead, LinearHead, load_head, square_input
+from imgaudit.models.classifier import ClassifierHub, LinearHead, load_head, square_input
 from imgaudit.models.classifier_registry import ACTIVE_FILE, parse_ref, read_active, version_dir
-from imgaudit.models.visual import VisualEncoder, descriptor_id
+from imgaudit.models.visual import VisualEncoder
 from imgaudit.services import training
 from imgaudit.services.training import TrainOptions
 from imgaudit.services.training import dataset as training_dataset
 from imgaudit.services.training import fit as training_fit
 from imgaudit.services.training import metrics as training_metrics
 from imgaudit.testing.fakes import FakeVisualSession, jpeg_bytes, textured_image
-
-SIZE = (96, 72)
-
-
-def picture(seed: int, disc: bool, size: tuple[int, int] = SIZE) -> Image.Image:
-    """A random textured picture, with a big red disc in the middle for the "violate" class."""
-    im = textured_image(seed, size)
-    if disc:
-        w, h = size
-        r = int(min(w, h) * 0.38)
-        jitter = np.random.default_rng(seed).integers(-w // 10, w // 10 + 1, 2)
-        cx, cy = w // 2 + int(jitter[0]), h // 2 + int(jitter[1])
-        ImageDraw.Draw(im).ellipse((cx - r, cy - r, cx + r, cy + r), fill=(225, 20, 25))
-    return im
-
-
-def plain_picture(seed: int, disc: bool, size: tuple[int, int] = SIZE) -> Image.Image:
-    """A noisy two-colour gradient, with a big red disc for "violate": for the real network, to which a red
-    disc among textured_image's many coloured shapes is just one more shape."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    ramp = np.linspace(0, 1, w)[None, :, None] if seed % 2 else np.linspace(0, 1, h)[:, None, None]
-    base = a + (b - a) * ramp + rng.normal(0, 12, (h, w, 3))
-    im = Image.fromarray(np.clip(np.broadcast_to(base, (h, w, 3)), 0, 255).astype(np.uint8))
-    if disc:
-        r = int(min(w, h) * rng.uniform(0.25, 0.4))
-        cx, cy = int(rng.integers(r, w - r)), int(rng.integers(r, h - r))
-        ImageDraw.Draw(im).ellipse((cx - r, cy - r, cx + r, cy + r), fill=(225, 20, 25))
-    return im
-
-
-def make_dataset(
-    root: Path, n_normal: int = 12, n_violate: int = 12, size: tuple[int, int] = SIZE, draw=picture
-) -> Path:
-    for label, n, disc, base in (("normal", n_normal, False, 0), ("violate", n_violate, True, 1000)):
-        folder = root / label
-        (folder / "nested").mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            target = folder / "nested" if i % 3 == 0 else folder
-            (target / f"{label}-{i}.jpg").write_bytes(jpeg_bytes(draw(base + i, disc, size)))
-    return root
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Settings:
-    return load_settings(data_dir=tmp_path / "data")
 
 
 @pytest.fixture
@@ -96,7 +50,7 @@ def test_non_images_are_skipped_and_counted(cfg: Settings, encoder: VisualEncode
     (dataset / "violate" / "broken.jpg").write_bytes(jpeg_bytes(picture(5, True))[:300])
     (dataset / "normal" / ".DS_Store").write_bytes(b"\0" * 10)  # hidden: not even looked at
     (dataset / "README.md").write_text("outside every class folder")
-    result = training.train(cfg, dataset, encoder)
+    result = bootstrap.train(cfg, dataset, encoder)
     assert result.skipped == {"not_an_image": 1, "corrupt": 1}
     assert result.skipped_examples["not_an_image"] == ["normal/notes.txt"]
     assert result.outside == 1
@@ -109,7 +63,7 @@ def test_duplicates_and_conflicting_labels_are_dropped(
     data = (dataset / "normal" / "normal-1.jpg").read_bytes()
     (dataset / "normal" / "copy.jpg").write_bytes(data)
     (dataset / "violate" / "mislabelled.jpg").write_bytes((dataset / "normal" / "normal-2.jpg").read_bytes())
-    result = training.train(cfg, dataset, encoder)
+    result = bootstrap.train(cfg, dataset, encoder)
     assert result.skipped == {"duplicate": 1, "conflicting_labels": 2}
     assert result.meta["dataset"]["per_class"] == {"normal": 11, "violate": 12}
 
@@ -130,7 +84,7 @@ def test_too_few_classes_or_images(
         for i in range(n):
             (tmp_path / "ds" / label / f"{i}.jpg").write_bytes(jpeg_bytes(picture(i, label == "violate")))
     with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        training.train(cfg, tmp_path / "ds", encoder)
+        bootstrap.train(cfg, tmp_path / "ds", encoder)
     assert not list((cfg.data_dir / "classifiers").glob("*/v*"))
 
 
@@ -139,7 +93,7 @@ def test_too_few_images_after_decoding(tmp_path: Path, cfg: Settings, encoder: V
     for i in range(3):
         (ds / "violate" / f"junk{i}.png").write_bytes(b"not a png at all")
     with pytest.raises(DatasetError, match=r"after decoding.*violate \(3\)"):
-        training.train(cfg, ds, encoder)
+        bootstrap.train(cfg, ds, encoder)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -260,7 +214,7 @@ def test_square_input_is_the_encoders_preprocessing() -> None:
 def test_training_saves_a_versioned_head_without_promoting(
     cfg: Settings, encoder: VisualEncoder, dataset: Path
 ) -> None:
-    result = training.train(cfg, dataset, encoder, TrainOptions(holdout=0.25))
+    result = bootstrap.train(cfg, dataset, encoder, TrainOptions(holdout=0.25))
     assert result.ref == "default@v1" and not result.promoted
     vdir = cfg.data_dir / "classifiers" / "default" / "v1"
     assert result.path == vdir and (vdir / "head.npz").is_file()
@@ -268,7 +222,7 @@ def test_training_saves_a_versioned_head_without_promoting(
     assert meta["name"] == "default" and meta["version"] == 1 and meta["kind"] == "linear"
     assert meta["classes"] == ["normal", "violate"] and meta["pass_classes"] == ["normal"]
     assert meta["positive_class"] == "violate"
-    assert meta["encoder"] == descriptor_id(encoder)
+    assert meta["encoder"] == encoder.descriptor
     assert len(meta["dataset"]["fingerprint"]) == 64
     assert meta["dataset"]["split"] == {"holdout": 0.25, "seed": 0, "train": 18, "held_out": 6}
     assert meta["parameters"]["C"] in training_fit.C_GRID and "refit on all 24" in meta["saved_model"]
@@ -276,7 +230,7 @@ def test_training_saves_a_versioned_head_without_promoting(
     m = meta["metrics"]
     assert m["accuracy"] >= 0.83 and m["roc_auc"] >= 0.9  # a red disc is easy even for the fake encoder
     assert not (cfg.data_dir / "classifiers" / ACTIVE_FILE).exists()
-    again = training.train(cfg, dataset, encoder)
+    again = bootstrap.train(cfg, dataset, encoder)
     assert again.ref == "default@v2"
     assert again.meta["dataset"]["fingerprint"] == meta["dataset"]["fingerprint"]
     assert not [p for p in (cfg.data_dir / "classifiers" / "default").iterdir() if p.name.startswith(".")]
@@ -284,36 +238,36 @@ def test_training_saves_a_versioned_head_without_promoting(
 
 def test_promote_list_rollback(cfg: Settings, encoder: VisualEncoder, dataset: Path) -> None:
     for _ in range(3):
-        training.train(cfg, dataset, encoder)
-    training.train(cfg, dataset, encoder, TrainOptions(name="other"))
+        bootstrap.train(cfg, dataset, encoder)
+    bootstrap.train(cfg, dataset, encoder, TrainOptions(name="other"))
     root = cfg.data_dir / "classifiers"
-    assert training.promote(cfg, "default", encoder)["active"] == "default@v3"  # latest by default
-    assert training.promote(cfg, "default@v1", encoder) == {
+    assert bootstrap.promote(cfg, "default", encoder)["active"] == "default@v3"  # latest by default
+    assert bootstrap.promote(cfg, "default@v1", encoder) == {
         "active": "default@v1",
         "previous": "default@v3",
         "changed": True,
     }
-    assert training.promote(cfg, "default@v1", encoder)["changed"] is False
-    training.promote(cfg, "other@v1", encoder)
+    assert bootstrap.promote(cfg, "default@v1", encoder)["changed"] is False
+    bootstrap.promote(cfg, "other@v1", encoder)
     rows = training.list_models(cfg)
     assert [r["model"] for r in rows] == ["default@v1", "default@v2", "default@v3", "other@v1"]
     assert [r["model"] for r in rows if r["active"]] == ["other@v1"]
     assert rows[0]["accuracy"] is not None and rows[0]["train"] == 20
 
-    assert training.rollback(cfg, encoder)["active"] == "default@v1"
-    assert training.rollback(cfg, encoder)["active"] == "default@v3"
+    assert bootstrap.rollback(cfg, encoder)["active"] == "default@v1"
+    assert bootstrap.rollback(cfg, encoder)["active"] == "default@v3"
     state = read_active(root)
     assert state["active"] == "default@v3" and [h["model"] for h in state["history"]] == ["default@v3"]
     with pytest.raises(RegistryError, match="no previously active"):
-        training.rollback(cfg, encoder)
+        bootstrap.rollback(cfg, encoder)
     with pytest.raises(RegistryError, match="no saved classifier"):
-        training.promote(cfg, "default@v9", encoder)
+        bootstrap.promote(cfg, "default@v9", encoder)
     with pytest.raises(ModelError, match="invalid classifier"):
-        training.promote(cfg, "../etc", encoder)
+        bootstrap.promote(cfg, "../etc", encoder)
 
 
 def test_train_with_promote(cfg: Settings, encoder: VisualEncoder, dataset: Path) -> None:
-    result = training.train(cfg, dataset, encoder, TrainOptions(name="shop-a", promote=True))
+    result = bootstrap.train(cfg, dataset, encoder, TrainOptions(name="shop-a", promote=True))
     assert result.promoted and read_active(cfg.data_dir / "classifiers")["active"] == "shop-a@v1"
 
 
@@ -339,17 +293,17 @@ class Clock:
 def test_hub_follows_promotions_after_the_interval(
     cfg: Settings, encoder: VisualEncoder, dataset: Path
 ) -> None:
-    training.train(cfg, dataset, encoder)
-    training.train(cfg, dataset, encoder)
+    bootstrap.train(cfg, dataset, encoder)
+    bootstrap.train(cfg, dataset, encoder)
     clock = Clock()
-    hub = ClassifierHub(cfg.data_dir / "classifiers", descriptor_id(encoder), reload_every=5.0, clock=clock)
+    hub = ClassifierHub(cfg.data_dir / "classifiers", encoder.descriptor, reload_every=5.0, clock=clock)
     assert hub.current() is None  # nothing promoted yet
-    training.promote(cfg, "default@v1", encoder)
+    bootstrap.promote(cfg, "default@v1", encoder)
     assert hub.current() is None  # not looked again within the interval
     clock.now = 5.0
     head = hub.current()
     assert head is not None and head.ref == "default@v1"
-    training.promote(cfg, "default@v2", encoder)
+    bootstrap.promote(cfg, "default@v2", encoder)
     clock.now = 7.0
     assert hub.current() is head
     clock.now = 10.0
@@ -371,11 +325,11 @@ def test_hub_follows_promotions_after_the_interval(
 
 
 def test_hub_reloads_with_a_real_tiny_interval(cfg: Settings, encoder: VisualEncoder, dataset: Path) -> None:
-    training.train(cfg, dataset, encoder, TrainOptions(promote=True))
-    training.train(cfg, dataset, encoder)
-    hub = ClassifierHub(cfg.data_dir / "classifiers", descriptor_id(encoder), reload_every=0.01)
+    bootstrap.train(cfg, dataset, encoder, TrainOptions(promote=True))
+    bootstrap.train(cfg, dataset, encoder)
+    hub = ClassifierHub(cfg.data_dir / "classifiers", encoder.descriptor, reload_every=0.01)
     assert hub.current().ref == "default@v1"  # type: ignore[union-attr]
-    training.promote(cfg, "default@v2", encoder)
+    bootstrap.promote(cfg, "default@v2", encoder)
     time.sleep(0.02)
     assert hub.current().ref == "default@v2"  # type: ignore[union-attr]
 
@@ -383,28 +337,28 @@ def test_hub_reloads_with_a_real_tiny_interval(cfg: Settings, encoder: VisualEnc
 def test_head_for_another_encoder_is_refused(
     cfg: Settings, encoder: VisualEncoder, dataset: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    training.train(cfg, dataset, encoder, TrainOptions(promote=True))
+    bootstrap.train(cfg, dataset, encoder, TrainOptions(promote=True))
     root = cfg.data_dir / "classifiers"
     other = VisualEncoder(FakeVisualSession(), input_size=256)
     with pytest.raises(ModelError, match=r"trained on .* descriptors but the running encoder makes"):
-        load_head(version_dir(root, "default", 1), encoder_id=descriptor_id(other))
-    hub = ClassifierHub(root, descriptor_id(other), reload_every=1.0)
+        load_head(version_dir(root, "default", 1), encoder_id=other.descriptor)
+    hub = ClassifierHub(root, other.descriptor, reload_every=1.0)
     with caplog.at_level("ERROR", logger="imgaudit.classifier"):
         assert hub.current() is None
     assert "retrain it" in (hub.error or "") and "continuing without one" in caplog.text
-    training.train(cfg, dataset, encoder)
+    bootstrap.train(cfg, dataset, encoder)
     with pytest.raises(ModelError, match="running encoder"):
-        training.promote(cfg, "default@v2", other)
+        bootstrap.promote(cfg, "default@v2", other)
 
 
 def test_broken_head_files_are_refused(cfg: Settings, encoder: VisualEncoder, dataset: Path) -> None:
-    training.train(cfg, dataset, encoder, TrainOptions(promote=True))
+    bootstrap.train(cfg, dataset, encoder, TrainOptions(promote=True))
     vdir = cfg.data_dir / "classifiers" / "default" / "v1"
     np.savez(vdir / "head.npz", W=np.zeros((3, 1280), np.float32), b=np.zeros(3, np.float32))
     with pytest.raises(ModelError, match="do not fit"):
-        load_head(vdir, encoder_id=descriptor_id(encoder))
+        load_head(vdir, encoder_id=encoder.descriptor)
     (vdir / "meta.json").write_text("{")
-    hub = ClassifierHub(cfg.data_dir / "classifiers", descriptor_id(encoder))
+    hub = ClassifierHub(cfg.data_dir / "classifiers", encoder.descriptor)
     assert hub.current() is None and "unreadable" in (hub.error or "")
 
 
@@ -476,45 +430,3 @@ def test_cli_train_refuses_a_bad_dataset(cli_app: typer.Typer, tmp_path: Path, m
     (tmp_path / "ds" / "only").mkdir(parents=True)
     r = CliRunner().invoke(cli_app, ["train", str(tmp_path / "ds")])
     assert r.exit_code == 1 and "at least 2" in r.stderr
-
-
-# -- the real network ------------------------------------------------------------------------------------
-
-
-@pytest.mark.model
-def test_linear_head_on_the_real_encoder(tmp_path: Path, cfg: Settings, real_encoder: VisualEncoder) -> None:
-    ds = make_dataset(tmp_path / "ds", n_normal=16, n_violate=16, size=(200, 150), draw=plain_picture)
-    result = training.train(cfg, ds, real_encoder, TrainOptions(holdout=0.25, promote=True))
-    m = result.meta["metrics"]
-    assert m["accuracy"] >= 0.875 and m["roc_auc"] >= 0.95, m
-    hub = ClassifierHub(cfg.data_dir / "classifiers", descriptor_id(real_encoder))
-    head = hub.current()
-    assert isinstance(head, LinearHead)
-    images = [np.asarray(plain_picture(5000 + i, i % 2 == 1, (200, 150))) for i in range(6)]
-    scores = head.predict(real_encoder.encode(images).descriptors, images)
-    assert [s.probabilities["violate"] > 0.5 for s in scores] == [i % 2 == 1 for i in range(6)]
-
-
-@pytest.mark.model
-def test_finetune_exports_a_working_onnx_model(
-    tmp_path: Path, cfg: Settings, real_encoder: VisualEncoder
-) -> None:
-    ds = make_dataset(tmp_path / "ds", n_normal=8, n_violate=8, size=(160, 120))
-    start = time.perf_counter()
-    result = training.train(
-        cfg, ds, real_encoder, TrainOptions(finetune=True, epochs=1, batch_size=8, holdout=0.25)
-    )
-    assert time.perf_counter() - start < 60
-    vdir = result.path
-    assert (vdir / "model.onnx").is_file() and not (vdir / "head.npz").exists()
-    meta = result.meta
-    assert meta["kind"] == "finetuned" and meta["parameters"]["epochs"] == 1
-    assert meta["dataset"]["split"]["held_out"] == 4 and meta["metrics"]["accuracy"] is not None
-    head = load_head(vdir, encoder_id=descriptor_id(real_encoder))
-    assert isinstance(head, FinetunedHead)
-    images = [np.asarray(picture(7000 + i, i % 2 == 1, (160, 120))) for i in range(5)]
-    probs = head.probabilities(None, images)
-    assert probs.shape == (5, 2)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    scores = head.predict(None, images)
-    assert scores[0].model == "default@v1" and set(scores[0].probabilities) == {"normal", "violate"}

@@ -105,7 +105,7 @@ def test_tiny_images_do_not_break_their_batch(
 
 
 def _cli(*args: str | Path, data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The real ``imgaudit`` in a subprocess, on ``data_dir`` only (as in tests/test_cli.py)."""
+    """The real ``imgaudit`` in a subprocess, on ``data_dir`` only (as in tests/e2e/test_cli.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGAUDIT_")}
     env.update({**db_env(data_dir), "IMGAUDIT_DATA_DIR": str(data_dir)})
     proc = subprocess.run(

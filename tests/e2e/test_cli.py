@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ from typing import Any
 import pytest
 from dbs import data_dirs, db_env
 from PIL import Image, ImageOps
+from real_cli import Run, cli, command_names, json_lines
 from typer.testing import CliRunner
 
 from imgaudit.cli.main import app
@@ -35,57 +33,10 @@ ORIGINAL_SEEDS = (278, 371, 246, 126, 98, 114)
 UNRELATED_SEED = 335
 SIZE = (640, 480)
 
-if importlib.util.find_spec("imgaudit.cli.__main__") is not None:
-    CLI = [sys.executable, "-m", "imgaudit.cli"]
-else:  # pragma: no cover - older checkouts without __main__.py
-    CLI = [str(Path(sys.executable).parent / "imgaudit")]
-
 runner = CliRunner()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The current environment without any IMGAUDIT_* variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGAUDIT_")}
-    env.update(extra)
-    return env
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    """Every line of ``text`` must be one JSON object (no progress bars, no banners)."""
-    assert text == "" or text.endswith("\n"), text
-    rows = []
-    for line in text.splitlines():
-        row = json.loads(line)  # fails on anything that is not JSON
-        assert isinstance(row, dict), line
-        rows.append(row)
-    return rows
-
-
-@dataclass
-class Run:
-    rc: int
-    rows: list[dict[str, Any]]
-    stdout: str
-    stderr: str
-
-
-def cli(*args: str | Path, data_dir: Path | None, cwd: Path, expect: int | None = 0, **env: str) -> Run:
-    """Run the real ``imgaudit`` in a subprocess with an isolated environment (and, on a server backend,
-    the data directory's own database)."""
-    if data_dir is not None:
-        env = {**db_env(data_dir), **env, "IMGAUDIT_DATA_DIR": str(data_dir)}
-    proc = subprocess.run(
-        [*CLI, *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=180
-    )
-    if expect is not None:
-        detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        assert proc.returncode == expect, detail
-    assert "Traceback" not in proc.stderr, proc.stderr
-    rows = json_lines(proc.stdout) if "--json" in args else []
-    return Run(proc.returncode, rows, proc.stdout, proc.stderr)
 
 
 def invoke(*args: str | Path, **env: str) -> Any:
@@ -734,8 +685,6 @@ def test_version() -> None:
 
 def test_help_shows_flags_as_flags() -> None:
     """No ``<bool>`` after --json, --yes, --help...: a flag takes no value."""
-    from test_docs import command_names
-
     for command in ["", *command_names()]:
         result = invoke(*command.split(), "--help", COLUMNS="200")
         assert result.exit_code == 0, (command, result.output)
@@ -813,9 +762,9 @@ def _fake_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_prepare_reports_progress_and_then_has_nothing_to_do(tmp_path: Path) -> None:
+    from imgaudit.bootstrap import prepare
     from imgaudit.config import load_settings
     from imgaudit.models.export import VISUAL_MODEL_NAME
-    from imgaudit.services.prepare import prepare
     from imgaudit.testing.fakes import FakeTextEncoder
 
     settings = load_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "cache")
@@ -836,9 +785,8 @@ def test_prepare_reports_progress_and_then_has_nothing_to_do(tmp_path: Path) -> 
 def test_prepare_builds_the_label_space_search_uses(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
 ) -> None:
-    from imgaudit.bootstrap import search_service
+    from imgaudit.bootstrap import label_space, search_service
     from imgaudit.config import load_settings
-    from imgaudit.services.prepare import label_space
 
     _fake_models(monkeypatch)
     settings = load_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "cache", database_url=database_url)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import event, update
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, InvalidRequestError, OperationalError
 
 from imgaudit.errors import CorruptImage, FetchTimeout, NotFound, StoreUnavailable
 from imgaudit.store.ports import (
@@ -403,6 +403,9 @@ def test_a_refused_value_is_not_an_outage() -> None:
     assert not is_store_failure(refused) and not is_store_failure(DataError("UPDATE", {}, ValueError()))
     assert is_store_failure(StoreUnavailable()) and is_store_failure(ConnectionResetError())
     assert not is_store_failure(ValueError())
+    # SQLAlchemy's own usage errors are bugs: they pass unchanged (the worker must not retry them forever)
+    with pytest.raises(InvalidRequestError), unavailable_on_outage():
+        raise InvalidRequestError("a bug in our SQL")
 
 
 def test_a_locked_sqlite_database_is_an_outage(tmp_path: Path) -> None:

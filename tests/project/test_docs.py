@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 from pydantic import BaseModel
+from real_cli import command_names
 
-from imgaudit.cli.main import app
 from imgaudit.config import Settings
 from imgaudit.config_reference import GENERATOR, render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 CONFIGURATION = (DOCS / "configuration.md").read_text(encoding="utf-8")
 USAGE = (DOCS / "usage.md").read_text(encoding="utf-8")
@@ -26,15 +26,6 @@ def setting_names(model: type[BaseModel], prefix: str = "") -> list[str]:
             names += setting_names(ann, f"{prefix}{name}.")
         else:
             names.append(prefix + name)
-    return names
-
-
-def command_names() -> list[str]:
-    names = [c.name or c.callback.__name__ for c in app.registered_commands]
-    for group in app.registered_groups:
-        names += [
-            f"{group.name} {c.name or c.callback.__name__}" for c in group.typer_instance.registered_commands
-        ]
     return names
 
 

@@ -43,7 +43,7 @@ LEGACY = {
 @pytest.fixture(params=["sqlite", "mysql"])
 def business_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh business database: a SQLite file, or a throwaway MariaDB database (skipped when no server
-    is configured, see tests/dbs.py)."""
+    is configured, see tests/support/dbs.py)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'business.db'}"
     return request.getfixturevalue("mysql_url")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgaudit.bootstrap import open_source
+from imgaudit.config import Settings
 from imgaudit.errors import CorruptImage, FetchTimeout, NotFound
 from imgaudit.services.items import EXPLAINED, ItemsService
 from imgaudit.services.stats import StatsService, queue_depth
@@ -146,3 +148,22 @@ def test_queue_depth_counts_what_still_has_work_ahead() -> None:
         == 9
     )
     assert queue_depth({}) == 0
+
+
+def test_enqueue_source_queues_a_folder_or_a_list(store: Store, tmp_path: Path) -> None:
+    """What ``imgaudit enqueue TARGET`` queues: a folder's images, a list's URLs (relative ones on the CDN
+    base); a missing target fails before any store is opened."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"not decoded at enqueue time")
+    urls = tmp_path / "urls.txt"
+    urls.write_text("https://img.example/x.jpg\n/relative/y.jpg\n")
+    settings = Settings(fetch={"cdn_base": "https://cdn.example"})
+    items = ItemsService(store)
+    assert items.enqueue_source(open_source(settings, str(folder))) == (2, 0)
+    assert items.enqueue_source(open_source(settings, str(folder))) == (0, 2)
+    assert items.enqueue_source(open_source(settings, str(urls))) == (2, 0)
+    assert items.find("https://cdn.example/relative/y.jpg").uri == "https://cdn.example/relative/y.jpg"
+    with pytest.raises(FileNotFoundError):
+        open_source(settings, str(tmp_path / "missing"))

@@ -25,7 +25,7 @@ from imgaudit.errors import (
     RemoteRefused,
     RemoteTimeout,
 )
-from imgaudit.models.clip import ImageTextEncoder
+from imgaudit.models.ports import ImageTextEncoder
 from imgaudit.models.remote.client import HttpOptions
 from imgaudit.models.remote.dashscope_embedding import RemoteEmbedder
 from imgaudit.models.remote.openai_chat import DEFAULT_CAPTION_PROMPT, RemoteCaptioner

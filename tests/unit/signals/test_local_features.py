@@ -62,7 +62,7 @@ def test_compare_survives_the_crashing_homography_in_a_subprocess() -> None:
 
 
 def test_the_cli_sample_pair_that_crashed_verifies_in_a_subprocess() -> None:
-    """The same images as tests/test_cli.py's o5 (query, decoded at 512) and o4 (its stored thumbnail)."""
+    """The same images as tests/e2e/test_cli.py's o5 (query, decoded at 512) and o4 (its stored thumbnail)."""
     proc = _run(
         """
         from imgaudit.media.decode import decode

@@ -15,8 +15,7 @@ from imgaudit.errors import InvalidRequest
 from imgaudit.index.tantivy_index import TantivyTextIndex
 from imgaudit.index.text_base import TextIndex
 from imgaudit.label_space import LabelSpace
-from imgaudit.models.clip import ImageTextEncoder
-from imgaudit.models.text import TextEncoder
+from imgaudit.models.ports import ImageTextEncoder, TextEncoder
 from imgaudit.models.visual import VisualEncoder
 from imgaudit.services.dedup import DedupService
 from imgaudit.services.search import SearchFilters, SearchService
